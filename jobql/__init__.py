@@ -1,0 +1,1 @@
+"""jobql: slow work behind a GraphQL API, done by Celery workers."""

@@ -1,0 +1,3 @@
+from jobql.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,62 @@
+"""Builds the web application: GraphQL at /graphql (HTTP and WebSocket), avatars at /media."""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
+
+from fastapi import FastAPI
+from starlette.requests import HTTPConnection  # noqa: TC002 (FastAPI reads it at run time)
+from starlette.staticfiles import StaticFiles
+
+from jobql.connections import create_redis
+from jobql.graphql_router import JobqlRouter
+from jobql.resolvers.context import Context, Services
+from jobql.schema import build_schema
+from jobql.settings import Settings
+from jobql.store import JobStore
+from jobql.watcher import JobWatcher
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+AVATARS_PATH = "/media/avatars"
+
+
+async def healthz() -> dict[str, str]:
+    """The process is up and serving (says nothing of Redis or the workers)."""
+    return {"status": "ok"}
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    secret_key = settings.require_secret_key()
+    redis = create_redis(settings)
+    services = Services(
+        settings=settings,
+        secret_key=secret_key,
+        store=JobStore(redis, result_expires=settings.result_expires),
+        watcher=JobWatcher(settings.redis_url, timeout=settings.redis_timeout),
+    )
+    settings.incoming_dir.mkdir(parents=True, exist_ok=True)
+    settings.avatars_dir.mkdir(parents=True, exist_ok=True)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        await services.watcher.close()
+        await redis.aclose()
+
+    async def get_context(connection: HTTPConnection) -> Context:
+        return Context(services, connection.headers.get("authorization"))
+
+    graphql = JobqlRouter(
+        build_schema(),
+        context_getter=get_context,
+        multipart_uploads_enabled=True,
+    )
+    app = FastAPI(title="jobql", lifespan=lifespan)
+    app.include_router(graphql, prefix="/graphql")
+    app.add_api_route("/healthz", healthz, include_in_schema=False)
+    app.mount(AVATARS_PATH, StaticFiles(directory=settings.avatars_dir), name="avatars")
+    return app

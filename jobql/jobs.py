@@ -1,0 +1,214 @@
+"""The job layer both sides share: states, kinds, the job record and how to read a job.
+
+The web process writes a small record (owner, kind, creation time) before it
+queues a task; the worker adds the start time and the attempt count; the state
+itself lives where Celery keeps it, in the result backend's
+`celery-task-meta-<id>` key, which Celery also PUBLISHes on a channel of the
+same name at every write.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+RECORD_PREFIX = "jobql:job:"
+META_PREFIX = "celery-task-meta-"
+DEFAULT_QUEUE = "celery"
+
+
+class JobState(StrEnum):
+    PENDING = "PENDING"  # accepted, waiting for a worker
+    STARTED = "STARTED"  # a worker has begun
+    PROGRESS = "PROGRESS"  # a worker reports how far it is
+    RETRY = "RETRY"  # failed for now; will be tried again after a pause
+    SUCCESS = "SUCCESS"  # finished; the result is set
+    FAILURE = "FAILURE"  # finished with an error
+    REVOKED = "REVOKED"  # cancelled before it finished
+
+
+TERMINAL_STATES = frozenset({JobState.SUCCESS, JobState.FAILURE, JobState.REVOKED})
+
+
+class JobKind(StrEnum):
+    AVATAR = "avatar"
+    WELCOME_EMAIL = "welcome_email"
+
+    @property
+    def task_name(self) -> str:
+        return f"jobql.{self.value}"
+
+
+class ImageFormat(StrEnum):
+    JPEG = "JPEG"
+    WEBP = "WEBP"
+    PNG = "PNG"
+
+    @property
+    def extension(self) -> str:
+        return {"JPEG": "jpg", "WEBP": "webp", "PNG": "png"}[self.value]
+
+
+class JobFailed(Exception):
+    """Raised by a task to end its job in FAILURE with a code a client can act on.
+
+    The three values travel as the exception's args, because that is all of an
+    exception that Celery's JSON result meta keeps.
+    """
+
+    def __init__(self, code: str, message: str, retryable: bool = False) -> None:
+        super().__init__(code, message, retryable)
+        self.code = code
+        self.message = message
+        self.retryable = retryable
+
+
+@dataclass(frozen=True, slots=True)
+class JobError:
+    code: str
+    message: str
+    retryable: bool
+
+
+@dataclass(frozen=True, slots=True)
+class JobSnapshot:
+    id: str
+    kind: JobKind
+    owner: str
+    state: JobState
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    progress: int | None = None
+    result: dict[str, Any] | None = None
+    error: JobError | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.state in TERMINAL_STATES
+
+
+def record_key(job_id: str) -> str:
+    return f"{RECORD_PREFIX}{job_id}"
+
+
+def meta_key(job_id: str) -> str:
+    return f"{META_PREFIX}{job_id}"
+
+
+def new_job_id() -> str:
+    return str(uuid.uuid4())
+
+
+def is_job_id(value: str) -> bool:
+    try:
+        return str(uuid.UUID(value)) == value
+    except ValueError:
+        return False
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_record(kind: JobKind, owner: str, created_at: datetime) -> dict[str, str]:
+    return {"owner": owner, "kind": kind.value, "created_at": created_at.isoformat()}
+
+
+def load_meta(raw: bytes | str | None) -> dict[str, Any] | None:
+    if raw is None:
+        return None
+    meta = json.loads(raw)
+    return meta if isinstance(meta, dict) else None
+
+
+def snapshot(job_id: str, record: dict[str, str], meta: dict[str, Any] | None) -> JobSnapshot:
+    """Combine a job record with Celery's result meta (None while nothing is stored)."""
+    base = JobSnapshot(
+        id=job_id,
+        kind=JobKind(record["kind"]),
+        owner=record["owner"],
+        state=JobState.PENDING,
+        created_at=datetime.fromisoformat(record["created_at"]),
+        started_at=_parse_time(record.get("started_at")),
+    )
+    if meta is None:
+        return base
+    state = JobState(meta["status"])
+    result = meta.get("result")
+    return JobSnapshot(
+        id=base.id,
+        kind=base.kind,
+        owner=base.owner,
+        state=state,
+        created_at=base.created_at,
+        started_at=base.started_at,
+        finished_at=_parse_time(meta.get("date_done")) if state in TERMINAL_STATES else None,
+        progress=_progress(state, result),
+        result=result if state is JobState.SUCCESS and isinstance(result, dict) else None,
+        error=job_error(state, result),
+    )
+
+
+def job_error(state: JobState, result: object) -> JobError | None:
+    """The client-facing error of a FAILURE or REVOKED meta; never a traceback."""
+    if state is JobState.REVOKED:
+        return JobError("REVOKED", "The job was cancelled.", retryable=True)
+    if state is not JobState.FAILURE:
+        return None
+    if isinstance(result, dict):
+        args = result.get("exc_message")
+        if (
+            result.get("exc_type") == JobFailed.__name__
+            and isinstance(args, list)
+            and len(args) == 3
+        ):
+            return JobError(str(args[0]), str(args[1]), bool(args[2]))
+        if result.get("exc_type") in ("TimeLimitExceeded", "SoftTimeLimitExceeded"):
+            return JobError("TIMEOUT", "The job took longer than its time limit.", retryable=True)
+        if result.get("exc_type") == "WorkerLostError":
+            return JobError("WORKER_LOST", "The worker running the job died.", retryable=True)
+    return JobError("INTERNAL", "The job failed unexpectedly.", retryable=False)
+
+
+def event_order(meta: dict[str, Any] | None) -> tuple[float, ...]:
+    """A key that grows with every state write of one job.
+
+    Used to drop an event a subscriber may receive after a newer snapshot: the
+    retry count (from Celery's extended meta) orders tries, the attempt number
+    the worker stamps on STARTED and PROGRESS orders redeliveries of one try,
+    and progress orders the steps within an attempt.
+    """
+    if meta is None:
+        return (-1.0,)
+    state = JobState(meta["status"])
+    if state in TERMINAL_STATES:
+        return (math.inf,)
+    retries = float(meta.get("retries") or 0)
+    if state is JobState.RETRY:
+        return (retries, 2.0)
+    result = meta.get("result")
+    attempt = float(result.get("attempt", 0)) if isinstance(result, dict) else 0.0
+    progress = _progress(state, result)
+    return (retries, 1.0, attempt, float(progress if progress is not None else -1))
+
+
+def _progress(state: JobState, result: object) -> int | None:
+    if state is JobState.SUCCESS:
+        return 100
+    if state is not JobState.PROGRESS or not isinstance(result, dict):
+        return None
+    value = result.get("progress")
+    return max(0, min(100, int(value))) if isinstance(value, int | float) else None
+
+
+def _parse_time(value: object) -> datetime | None:
+    if not isinstance(value, str) or not value:
+        return None
+    parsed = datetime.fromisoformat(value)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)

@@ -1,0 +1,1 @@
+"""Resolvers: each translates between GraphQL and the job layer, nothing more."""

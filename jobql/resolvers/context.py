@@ -1,0 +1,73 @@
+"""What every resolver is given: the caller's credentials and the process's services."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from redis.exceptions import RedisError
+from strawberry.fastapi import BaseContext
+
+from jobql.auth import InvalidToken, Principal, principal_from_authorization
+from jobql.errors import ServiceUnavailable, Unauthenticated
+from jobql.watcher import WatchLost
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from jobql.settings import Settings
+    from jobql.store import JobStore
+    from jobql.watcher import JobWatcher
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    """Built once per web process and shared by every request."""
+
+    settings: Settings
+    secret_key: str
+    store: JobStore
+    watcher: JobWatcher
+
+
+class Context(BaseContext):
+    def __init__(self, services: Services, authorization: str | None) -> None:
+        super().__init__()
+        self.services = services
+        self.authorization = authorization
+        self._principal: Principal | None = None
+
+    @property
+    def settings(self) -> Settings:
+        return self.services.settings
+
+    @property
+    def store(self) -> JobStore:
+        return self.services.store
+
+    @property
+    def watcher(self) -> JobWatcher:
+        return self.services.watcher
+
+    def authenticate(self, authorization: object) -> Principal:
+        """Check credentials and remember who they name; raise `InvalidToken` if they are bad."""
+        self._principal = principal_from_authorization(self.services.secret_key, authorization)
+        return self._principal
+
+    def principal(self) -> Principal:
+        """The caller, or `UNAUTHENTICATED`: every operation needs a valid token."""
+        if self._principal is not None:
+            return self._principal
+        try:
+            return self.authenticate(self.authorization)
+        except InvalidToken as exc:
+            raise Unauthenticated(str(exc)) from exc
+
+
+@contextlib.contextmanager
+def redis_errors_as_unavailable() -> Iterator[None]:
+    try:
+        yield
+    except (RedisError, WatchLost, TimeoutError) as exc:
+        raise ServiceUnavailable("The job store is unreachable; try again shortly.") from exc

@@ -1,0 +1,55 @@
+import asyncio
+from collections.abc import AsyncGenerator
+from typing import Any
+
+import strawberry
+from strawberry.types import Info
+
+from jobql.errors import NotFound, ServiceUnavailable
+from jobql.jobs import JobSnapshot, event_order, is_job_id, load_meta, meta_key, snapshot
+from jobql.resolvers.context import Context, redis_errors_as_unavailable
+from jobql.schema.types import Job
+from jobql.store import JobStore
+from jobql.watcher import Event, WatchLost
+
+
+async def job(info: Info[Context, None], id: strawberry.ID) -> AsyncGenerator[Job, None]:
+    """The job now, then again at every change of state; completes once it is done."""
+    context = info.context
+    user_id = context.principal().user_id
+    job_id = str(id)
+    if not is_job_id(job_id):
+        raise NotFound("No such job.")
+    with redis_errors_as_unavailable():
+        # Subscribe before reading the key, so that no change falls between the two.
+        async with context.watcher.watch(meta_key(job_id)) as events:
+            record, meta = await context.store.load(job_id)
+            if record.get("owner") != user_id:
+                raise NotFound("No such job.")
+            async for current in _changes(context.store, job_id, record, meta, events):
+                yield Job.from_snapshot(current)
+
+
+async def _changes(
+    store: JobStore,
+    job_id: str,
+    record: dict[str, str],
+    meta: dict[str, Any] | None,
+    events: asyncio.Queue[Event],
+) -> AsyncGenerator[JobSnapshot, None]:
+    current = snapshot(job_id, record, meta)
+    yield current
+    last_order = event_order(meta)
+    while not current.done:
+        event = await events.get()
+        if isinstance(event, WatchLost):
+            raise ServiceUnavailable("Lost the connection to the job store; subscribe again.")
+        meta = load_meta(event)
+        order = event_order(meta)
+        if order <= last_order:
+            continue  # a write older than one already sent
+        last_order = order
+        if "started_at" not in record:
+            record = await store.record(job_id) or record
+        current = snapshot(job_id, record, meta)
+        yield current

@@ -1,0 +1,46 @@
+"""The root schema: Query, Mutation and Subscription, and the rules every operation obeys."""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import TYPE_CHECKING
+
+import strawberry
+from strawberry.extensions import MaskErrors
+
+from jobql.errors import ApiError
+from jobql.resolvers import mutation, query, subscription
+
+if TYPE_CHECKING:
+    from graphql import GraphQLError
+
+
+@strawberry.type
+class Query:
+    job = strawberry.field(resolver=query.job)
+
+
+@strawberry.type
+class Mutation:
+    upload_avatar = strawberry.mutation(resolver=mutation.upload_avatar)
+    send_welcome_email = strawberry.mutation(resolver=mutation.send_welcome_email)
+
+
+@strawberry.type
+class Subscription:
+    job = strawberry.subscription(resolver=subscription.job)
+
+
+def is_unexpected(error: GraphQLError) -> bool:
+    """Errors raised by code, other than the ones meant for the caller, are masked."""
+    original = error.original_error
+    return original is not None and not isinstance(original, ApiError)
+
+
+def build_schema() -> strawberry.Schema:
+    return strawberry.Schema(
+        query=Query,
+        mutation=Mutation,
+        subscription=Subscription,
+        extensions=[partial(MaskErrors, should_mask_error=is_unexpected)],
+    )

@@ -1,0 +1,133 @@
+"""Avatars: a photo in, a small square image with no metadata out."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from jobql.jobs import ImageFormat
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from pathlib import Path
+
+READABLE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF")
+FLATTEN_ONTO = (255, 255, 255)
+
+
+class InvalidImage(ValueError):
+    """The file cannot be decoded as an image; trying again will not change that."""
+
+
+@dataclass(frozen=True, slots=True)
+class Avatar:
+    path: Path
+    width: int
+    height: int
+    size_bytes: int
+    format: ImageFormat
+
+
+def make_avatar(
+    source: Path,
+    destination: Path,
+    size: int,
+    quality: int,
+    image_format: ImageFormat,
+    max_pixels: int,
+    progress: Callable[[int], None] = lambda percent: None,
+) -> Avatar:
+    """Orient, centre-crop to a `size` square, strip metadata and write atomically.
+
+    `destination` appears complete or not at all: the image is written to a
+    temporary file beside it and renamed.
+    """
+    image = _decode(source, size, max_pixels)
+    progress(40)
+    square = ImageOps.fit(image, (size, size), method=Image.Resampling.LANCZOS)
+    progress(70)
+    clean = _without_metadata(square, image_format)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    temporary = destination.with_name(f".{destination.name}.{os.getpid()}.tmp")
+    try:
+        clean.save(temporary, format=image_format.value, **_encoder_options(image_format, quality))
+        temporary.replace(destination)
+    finally:
+        temporary.unlink(missing_ok=True)
+    progress(90)
+    return Avatar(
+        path=destination,
+        width=clean.width,
+        height=clean.height,
+        size_bytes=destination.stat().st_size,
+        format=image_format,
+    )
+
+
+def _decode(source: Path, size: int, max_pixels: int) -> Image.Image:
+    """Decode the image upright, at the smallest scale that still covers a `size` square."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            with Image.open(source, formats=READABLE_FORMATS) as opened:
+                if opened.width * opened.height > max_pixels:
+                    raise InvalidImage(f"The image has more than {max_pixels} pixels.")
+                if opened.format == "JPEG":
+                    # Decode at 1/2, 1/4 or 1/8 scale where the result still covers the square.
+                    opened.draft("RGB", _draft_box(opened.size, size))
+                opened.load()
+                return ImageOps.exif_transpose(opened)
+        except InvalidImage:
+            raise
+        except (
+            UnidentifiedImageError,
+            Image.DecompressionBombError,
+            Image.DecompressionBombWarning,
+            OSError,
+            ValueError,
+            SyntaxError,
+        ) as exc:
+            raise InvalidImage(f"The file is not a readable image: {exc}") from exc
+
+
+def _draft_box(image_size: tuple[int, int], size: int) -> tuple[int, int]:
+    """The box `draft` must keep: the shorter side may shrink to `size`, no further."""
+    width, height = image_size
+    scale = size / min(width, height)
+    return (max(1, round(width * scale)), max(1, round(height * scale)))
+
+
+def _without_metadata(image: Image.Image, image_format: ImageFormat) -> Image.Image:
+    """A copy holding pixels only: no EXIF (GPS included), ICC, XMP or comments."""
+    if image_format is ImageFormat.JPEG:
+        image = _flatten(image)
+    elif image.mode not in ("RGB", "RGBA"):
+        image = image.convert("RGBA" if _has_alpha(image) else "RGB")
+    clean = Image.new(image.mode, image.size)
+    clean.paste(image)
+    return clean
+
+
+def _flatten(image: Image.Image) -> Image.Image:
+    if not _has_alpha(image):
+        return image.convert("RGB")
+    rgba = image.convert("RGBA")
+    background = Image.new("RGB", rgba.size, FLATTEN_ONTO)
+    background.paste(rgba, mask=rgba.getchannel("A"))
+    return background
+
+
+def _has_alpha(image: Image.Image) -> bool:
+    return image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
+
+
+def _encoder_options(image_format: ImageFormat, quality: int) -> dict[str, object]:
+    if image_format is ImageFormat.JPEG:
+        return {"quality": quality, "optimize": True}
+    if image_format is ImageFormat.WEBP:
+        return {"quality": quality, "method": 4}
+    return {"optimize": True}

@@ -1,0 +1,174 @@
+"""One Redis pub/sub connection per web process, fanned out to every subscription.
+
+Celery's Redis result backend PUBLISHes each state write on a channel named
+like the key it writes (`celery-task-meta-<id>`). A subscription asks the
+watcher for a channel; the watcher subscribes once per channel, however many
+subscriptions share it, and hands every message to each of their queues.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+from typing import TYPE_CHECKING
+
+from redis.asyncio import ConnectionPool
+from redis.exceptions import RedisError
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from redis.asyncio.connection import AbstractConnection
+
+logger = logging.getLogger(__name__)
+
+
+class WatchLost(ConnectionError):
+    """The pub/sub connection failed: a subscription can no longer hear its job."""
+
+
+Event = bytes | WatchLost
+
+
+class JobWatcher:
+    def __init__(self, redis_url: str, timeout: float, health_check_interval: float = 5.0) -> None:
+        self._pool = ConnectionPool.from_url(
+            redis_url, socket_connect_timeout=timeout, socket_keepalive=True
+        )
+        self._timeout = timeout
+        self._health_check_interval = health_check_interval
+        self._connection: AbstractConnection | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._queues: dict[bytes, set[asyncio.Queue[Event]]] = {}
+        self._confirmations: dict[bytes, asyncio.Future[None]] = {}
+        self._lock = asyncio.Lock()
+        self._last_reply = 0.0
+        self._closing: asyncio.Future[None] | None = None
+
+    @property
+    def channels(self) -> int:
+        return len(self._queues)
+
+    @contextlib.asynccontextmanager
+    async def watch(self, channel: str) -> AsyncIterator[asyncio.Queue[Event]]:
+        """Yield a queue of the channel's messages, once Redis has confirmed the subscription.
+
+        The queue receives each message's payload, then a `WatchLost` if the
+        connection fails. Raises `RedisError` if Redis cannot be reached.
+        """
+        key = channel.encode()
+        queue: asyncio.Queue[Event] = asyncio.Queue()
+        try:
+            async with self._lock:
+                connection = await self._connect()
+                listeners = self._queues.setdefault(key, set())
+                listeners.add(queue)
+                if len(listeners) == 1:
+                    self._confirmations[key] = asyncio.get_running_loop().create_future()
+                    await self._send(connection, "SUBSCRIBE", key)
+                confirmation = self._confirmations.get(key)
+            if confirmation is not None:
+                async with asyncio.timeout(self._timeout):
+                    await asyncio.shield(confirmation)
+            yield queue
+        finally:
+            await self._forget(key, queue)
+
+    async def close(self) -> None:
+        async with self._lock:
+            self._fail(WatchLost("the web process is shutting down"))
+        await self._pool.aclose()
+
+    async def _forget(self, key: bytes, queue: asyncio.Queue[Event]) -> None:
+        async with self._lock:
+            listeners = self._queues.get(key)
+            if listeners is None or queue not in listeners:
+                return
+            listeners.discard(queue)
+            if listeners:
+                return
+            del self._queues[key]
+            self._confirmations.pop(key, None)
+            if self._connection is not None:
+                with contextlib.suppress(RedisError, OSError):
+                    await self._send(self._connection, "UNSUBSCRIBE", key)
+
+    async def _connect(self) -> AbstractConnection:
+        if self._connection is not None:
+            return self._connection
+        connection: AbstractConnection = self._pool.make_connection()  # type: ignore[no-untyped-call]
+        async with asyncio.timeout(self._timeout):
+            await connection.connect()  # type: ignore[no-untyped-call]
+        self._connection = connection
+        self._last_reply = asyncio.get_running_loop().time()
+        self._tasks = [
+            asyncio.create_task(self._read(connection), name="jobql-watcher-reader"),
+            asyncio.create_task(self._check_health(connection), name="jobql-watcher-health"),
+        ]
+        return connection
+
+    async def _send(self, connection: AbstractConnection, *args: bytes | str) -> None:
+        async with asyncio.timeout(self._timeout):
+            await connection.send_command(*args, check_health=False)
+
+    async def _read(self, connection: AbstractConnection) -> None:
+        try:
+            while True:
+                reply = await connection.read_response(timeout=math.inf)
+                self._last_reply = asyncio.get_running_loop().time()
+                self._dispatch(reply)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # any failure of the connection ends every watch on it
+            logger.warning("Redis pub/sub connection lost: %s", exc)
+            async with self._lock:
+                if self._connection is connection:
+                    self._fail(WatchLost(f"lost the Redis pub/sub connection: {exc}"))
+
+    async def _check_health(self, connection: AbstractConnection) -> None:
+        """PING now and then; a connection that stays silent past a timeout is dropped."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self._health_check_interval)
+            sent = loop.time()
+            try:
+                await self._send(connection, "PING")
+                await asyncio.sleep(self._timeout)
+            except (RedisError, OSError, TimeoutError):
+                pass
+            if self._last_reply < sent:
+                await connection.disconnect(nowait=True)
+                return
+
+    def _dispatch(self, reply: object) -> None:
+        if not isinstance(reply, list) or len(reply) < 3:
+            return
+        kind, channel, payload = reply[0], reply[1], reply[2]
+        if kind == b"message":
+            for queue in self._queues.get(channel, ()):
+                queue.put_nowait(payload)
+        elif kind == b"subscribe":
+            confirmation = self._confirmations.get(channel)
+            if confirmation is not None and not confirmation.done():
+                confirmation.set_result(None)
+
+    def _fail(self, error: WatchLost) -> None:
+        """Tell every watch its connection is gone, and start afresh on the next one."""
+        for listeners in self._queues.values():
+            for queue in listeners:
+                queue.put_nowait(error)
+        for confirmation in self._confirmations.values():
+            if not confirmation.done():
+                confirmation.set_exception(error)
+        current = asyncio.current_task()
+        for task in self._tasks:
+            if task is not current:
+                task.cancel()
+        self._tasks = []
+        self._queues.clear()
+        self._confirmations.clear()
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            self._closing = asyncio.ensure_future(connection.disconnect(nowait=True))
