@@ -35,7 +35,11 @@ Event = bytes | WatchLost
 class JobWatcher:
     def __init__(self, redis_url: str, timeout: float, health_check_interval: float = 5.0) -> None:
         self._pool = ConnectionPool.from_url(
-            redis_url, socket_connect_timeout=timeout, socket_keepalive=True
+            # RESP2: pub/sub messages arrive as ordinary replies, not RESP3 push frames.
+            redis_url,
+            protocol=2,
+            socket_connect_timeout=timeout,
+            socket_keepalive=True,
         )
         self._timeout = timeout
         self._health_check_interval = health_check_interval

@@ -1,0 +1,93 @@
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pytest
+from redis.asyncio import Redis
+
+from jobql.auth import issue_token
+from jobql.redis_server import RedisServer
+from jobql.settings import Settings
+from tests.support import Process, SmtpServer, WebServer, start_web, start_worker
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable, Iterator
+    from pathlib import Path
+
+SECRET_KEY = "test-secret-key-that-is-long-enough-for-hs256"
+
+
+def token(user: str, *scopes: str) -> str:
+    return issue_token(SECRET_KEY, user, scopes)
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer()
+    server.start()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
+def smtp_server() -> Iterator[SmtpServer]:
+    server = SmtpServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def make_settings(
+    redis_server: RedisServer, smtp_server: SmtpServer, tmp_path_factory: pytest.TempPathFactory
+) -> Callable[..., Settings]:
+    """Settings for one test setup; every value explicit, nothing read from the environment."""
+
+    def make(**overrides: object) -> Settings:
+        values: dict[str, object] = {
+            "redis_url": redis_server.url,
+            "media_root": tmp_path_factory.mktemp("media"),
+            "secret_key": SECRET_KEY,
+            "mail_server": "127.0.0.1",
+            "mail_port": smtp_server.port,
+            "mail_use_tls": False,
+            "mail_username": None,
+            "mail_password": None,
+            "mail_default_sender": "jobql <noreply@jobql.test>",
+            "mail_timeout": 5.0,
+            "mail_max_retries": 3,
+            "mail_retry_backoff": 0.5,
+            "site_name": "Testsite",
+            "result_expires": 3600,
+            "redis_timeout": 1.0,
+            **overrides,
+        }
+        return Settings(**values)  # type: ignore[arg-type]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def settings(make_settings: Callable[..., Settings]) -> Settings:
+    return make_settings()
+
+
+@pytest.fixture(scope="session")
+def worker(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
+    process = start_worker(settings, tmp_path_factory.mktemp("logs") / "worker.log")
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="session")
+def web(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebServer]:
+    server = start_web(settings, tmp_path_factory.mktemp("logs") / "web.log")
+    yield server
+    server.process.stop()
+
+
+@pytest.fixture
+async def redis(settings: Settings) -> AsyncIterator[Redis]:
+    client = Redis.from_url(settings.redis_url)
+    yield client
+    await client.aclose()

@@ -1,0 +1,159 @@
+"""Real processes for the tests: a Celery worker, the web server and an SMTP server."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import os
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from typing import TYPE_CHECKING, Any
+
+from aiosmtpd.controller import Controller
+from pydantic import SecretStr
+
+from jobql.redis_server import free_port
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from jobql.settings import Settings
+
+REJECTING_DOMAIN = "reject.example.org"  # every recipient here gets 550
+DEFERRING_DOMAIN = "defer.example.org"  # each recipient here gets 451 once, then 250
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment that makes a child process read exactly `settings`."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("JOBQL_")}
+    for name, value in settings.model_dump().items():
+        if value is None:
+            continue
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        env[f"JOBQL_{name.upper()}"] = str(value)
+    return env
+
+
+class Process:
+    """A child process whose output goes to a log file; stopped with its whole group."""
+
+    def __init__(self, command: list[str], env: dict[str, str], log_path: Path) -> None:
+        self.log_path = log_path
+        self._log = log_path.open("wb")
+        self.popen = subprocess.Popen(
+            command, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_for_log(self, text: str, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in self.log:
+            if self.popen.poll() is not None:
+                raise RuntimeError(f"process exited ({self.popen.returncode}):\n{self.log[-3000:]}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no {text!r} in the log:\n{self.log[-3000:]}")
+            time.sleep(0.05)
+
+    def stop(self, timeout: float = 15) -> None:
+        if self.popen.poll() is None:
+            os.killpg(self.popen.pid, 15)
+            try:
+                self.popen.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.popen.pid, 9)
+                self.popen.wait()
+        self._log.close()
+
+
+def start_worker(settings: Settings, log_path: Path, concurrency: int = 2) -> Process:
+    command = [sys.executable, "-m", "jobql", "worker", "--concurrency", str(concurrency)]
+    worker = Process(command, settings_env(settings), log_path)
+    worker.wait_for_log(" ready.")
+    return worker
+
+
+@dataclass
+class WebServer:
+    process: Process
+    port: int
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/graphql"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/graphql"
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+
+def start_web(settings: Settings, log_path: Path) -> WebServer:
+    port = free_port()
+    command = [sys.executable, "-m", "jobql", "web", "--port", str(port)]
+    process = Process(command, settings_env(settings), log_path)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1):
+                return WebServer(process, port)
+        except OSError:
+            if process.popen.poll() is not None or time.monotonic() > deadline:
+                process.stop()
+                raise RuntimeError(f"the web server did not start:\n{process.log[-3000:]}") from None
+            time.sleep(0.1)
+
+
+@dataclass
+class RecordingHandler:
+    """An SMTP handler that keeps what it receives, and refuses or defers some recipients."""
+
+    messages: list[EmailMessage] = field(default_factory=list)
+    deferred: set[str] = field(default_factory=set)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    async def handle_RCPT(  # noqa: N802 (aiosmtpd's hook name)
+        self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]
+    ) -> str:
+        domain = address.rpartition("@")[2]
+        if domain == REJECTING_DOMAIN:
+            return "550 5.1.1 No such mailbox"
+        with self.lock:
+            if domain == DEFERRING_DOMAIN and address not in self.deferred:
+                self.deferred.add(address)
+                return "451 4.3.0 Try again later"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+        message = email.message_from_bytes(envelope.content, policy=email.policy.default)
+        with self.lock:
+            self.messages.append(message)  # type: ignore[arg-type]
+        return "250 Message accepted for delivery"
+
+    def to(self, recipient: str) -> list[EmailMessage]:
+        with self.lock:
+            return [m for m in self.messages if m["To"] == recipient]
+
+
+class SmtpServer:
+    def __init__(self) -> None:
+        self.handler = RecordingHandler()
+        self.port = free_port()
+        self.controller = Controller(self.handler, hostname="127.0.0.1", port=self.port)
+
+    def start(self) -> None:
+        self.controller.start()
+
+    def stop(self) -> None:
+        self.controller.stop()
