@@ -51,7 +51,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return Context(services, connection.headers.get("authorization"))
 
     graphql = JobqlRouter(
-        build_schema(),
+        build_schema(introspection=settings.introspection),
         context_getter=get_context,
         multipart_uploads_enabled=True,
     )

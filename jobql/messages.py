@@ -15,13 +15,18 @@ import json
 import os
 import socket
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from datetime import datetime
 
 _ORIGIN = f"{os.getpid()}@{socket.gethostname()}"
 
 
-def task_message(task_name: str, task_id: str, args: list[Any], queue: str) -> str:
-    """The envelope that Kombu's Redis transport would push for `send_task(task_name, args)`."""
+def task_message(
+    task_name: str, task_id: str, args: list[Any], queue: str, eta: datetime | None = None
+) -> str:
+    """The envelope Kombu's Redis transport would push for `send_task(task_name, args, eta=eta)`."""
     body = json.dumps(
         [args, {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}]
     )
@@ -30,7 +35,7 @@ def task_message(task_name: str, task_id: str, args: list[Any], queue: str) -> s
         "task": task_name,
         "id": task_id,
         "shadow": None,
-        "eta": None,
+        "eta": eta.isoformat() if eta else None,
         "expires": None,
         "group": None,
         "group_index": None,

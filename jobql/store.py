@@ -21,6 +21,7 @@ from jobql.messages import task_message
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
+    from datetime import timedelta
 
     from redis.asyncio import Redis
 
@@ -32,16 +33,25 @@ class JobStore:
         self.queue = queue
 
     async def enqueue(
-        self, kind: JobKind, owner: str, args: list[Any], job_id: str | None = None
+        self,
+        kind: JobKind,
+        owner: str,
+        args: list[Any],
+        job_id: str | None = None,
+        delay: timedelta | None = None,
     ) -> JobSnapshot:
-        """Write the job record and queue its task in one transaction: both or neither."""
+        """Write the job record and queue its task in one transaction: both or neither.
+
+        With `delay`, a worker starts the task no sooner than that from now.
+        """
         job_id = job_id or new_job_id()
         created_at = utcnow()
+        eta = created_at + delay if delay else None
         record = new_record(kind, owner, created_at)
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(record_key(job_id), items=[part for pair in record.items() for part in pair])
             pipe.expire(record_key(job_id), self.result_expires)
-            pipe.lpush(self.queue, task_message(kind.task_name, job_id, args, self.queue))
+            pipe.lpush(self.queue, task_message(kind.task_name, job_id, args, self.queue, eta))
             await pipe.execute()
         return snapshot(job_id, record, None)
 

@@ -12,7 +12,6 @@ from tests.support import Process, SmtpServer, WebServer, start_web, start_worke
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Iterator
-    from pathlib import Path
 
 SECRET_KEY = "test-secret-key-that-is-long-enough-for-hs256"
 

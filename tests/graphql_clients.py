@@ -28,8 +28,10 @@ JOB_FIELDS = """
 JOB_QUERY = f"query Job($id: ID!) {{ job(id: $id) {{ {JOB_FIELDS} }} }}"
 JOB_SUBSCRIPTION = f"subscription Follow($id: ID!) {{ job(id: $id) {{ {JOB_FIELDS} }} }}"
 SEND_WELCOME = f"""
-mutation Send($email: String!, $username: String!) {{
-    sendWelcomeEmail(email: $email, username: $username) {{ {JOB_FIELDS} }}
+mutation Send($email: String!, $username: String!, $delaySeconds: Int! = 0) {{
+    sendWelcomeEmail(email: $email, username: $username, delaySeconds: $delaySeconds) {{
+        {JOB_FIELDS}
+    }}
 }}"""
 UPLOAD_AVATAR = f"""
 mutation Upload($file: Upload!, $options: AvatarOptions) {{

@@ -11,7 +11,6 @@ import threading
 import time
 import urllib.request
 from dataclasses import dataclass, field
-from email.message import EmailMessage
 from typing import TYPE_CHECKING, Any
 
 from aiosmtpd.controller import Controller
@@ -20,6 +19,7 @@ from pydantic import SecretStr
 from jobql.redis_server import free_port
 
 if TYPE_CHECKING:
+    from email.message import EmailMessage
     from pathlib import Path
 
     from jobql.settings import Settings
@@ -110,7 +110,9 @@ def start_web(settings: Settings, log_path: Path) -> WebServer:
         except OSError:
             if process.popen.poll() is not None or time.monotonic() > deadline:
                 process.stop()
-                raise RuntimeError(f"the web server did not start:\n{process.log[-3000:]}") from None
+                raise RuntimeError(
+                    f"the web server did not start:\n{process.log[-3000:]}"
+                ) from None
             time.sleep(0.1)
 
 
@@ -122,7 +124,7 @@ class RecordingHandler:
     deferred: set[str] = field(default_factory=set)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    async def handle_RCPT(  # noqa: N802 (aiosmtpd's hook name)
+    async def handle_RCPT(
         self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]
     ) -> str:
         domain = address.rpartition("@")[2]
@@ -135,10 +137,10 @@ class RecordingHandler:
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         message = email.message_from_bytes(envelope.content, policy=email.policy.default)
         with self.lock:
-            self.messages.append(message)  # type: ignore[arg-type]
+            self.messages.append(message)
         return "250 Message accepted for delivery"
 
     def to(self, recipient: str) -> list[EmailMessage]:

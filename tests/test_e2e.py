@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -31,6 +31,8 @@ from tests.images import is_blue, is_red, phone_photo, truncated_jpeg
 from tests.support import DEFERRING_DOMAIN, REJECTING_DOMAIN
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
     from jobql.settings import Settings
     from tests.support import Process, SmtpServer, WebServer
 
@@ -54,6 +56,11 @@ async def upload(web: WebServer, user: str, data: bytes, name: str, **options: A
         options=options or None,
     )
     return result["uploadAvatar"]
+
+
+async def collect(events: AsyncIterator[Any], into: list[Any]) -> None:
+    async for event in events:
+        into.append(event)
 
 
 async def follow_to_end(web: WebServer, user: str, job_id: str, protocol: str) -> list[Any]:
@@ -123,6 +130,30 @@ async def test_welcome_email_delivered_over_legacy_protocol(
     assert html is not None and "<strong>Testsite</strong>" in html.get_content()
 
 
+async def test_delayed_job_is_seen_through_every_state(web: WebServer) -> None:
+    sender = http_client(web, token("backend", SCOPE_SEND_EMAIL))
+    job = (
+        await execute(
+            sender, SEND_WELCOME, email="slow@example.com", username="Slow", delaySeconds=2
+        )
+    )["sendWelcomeEmail"]
+
+    events = await follow_to_end(web, "backend", job["id"], GRAPHQL_TRANSPORT_WS)
+
+    states = [event["state"] for event in events]
+    assert list(dict.fromkeys(states)) == ["PENDING", "STARTED", "PROGRESS", "SUCCESS"], states
+    created = datetime.fromisoformat(job["createdAt"])
+    started = datetime.fromisoformat(events[-1]["startedAt"])
+    assert started - created >= timedelta(seconds=2)
+
+
+async def test_delay_out_of_range_is_bad_user_input(web: WebServer) -> None:
+    sender = http_client(web, token("backend", SCOPE_SEND_EMAIL))
+    with pytest.raises(TransportQueryError) as raised:
+        await execute(sender, SEND_WELCOME, email="a@example.com", username="A", delaySeconds=-1)
+    assert error_code(raised.value) == "BAD_USER_INPUT"
+
+
 async def test_username_is_escaped_in_the_html_body(
     web: WebServer, smtp_server: SmtpServer
 ) -> None:
@@ -141,9 +172,7 @@ async def test_username_is_escaped_in_the_html_body(
 async def test_smtp_4xx_retries_then_succeeds(web: WebServer, smtp_server: SmtpServer) -> None:
     address = f"later@{DEFERRING_DOMAIN}"
     sender = http_client(web, token("backend", SCOPE_SEND_EMAIL))
-    job = (await execute(sender, SEND_WELCOME, email=address, username="Later"))[
-        "sendWelcomeEmail"
-    ]
+    job = (await execute(sender, SEND_WELCOME, email=address, username="Later"))["sendWelcomeEmail"]
 
     states = [e["state"] for e in await follow_to_end(web, "backend", job["id"], GRAPHQL_WS)]
 
@@ -188,9 +217,7 @@ async def test_another_user_cannot_see_a_job(web: WebServer) -> None:
 
     mine = await execute(http_client(web, token("owner")), JOB_QUERY, id=job["id"])
     theirs = await execute(http_client(web, token("intruder")), JOB_QUERY, id=job["id"])
-    unknown = await execute(
-        http_client(web, token("intruder")), JOB_QUERY, id=UNKNOWN_ID
-    )
+    unknown = await execute(http_client(web, token("intruder")), JOB_QUERY, id=UNKNOWN_ID)
     assert mine["job"]["id"] == job["id"]
     assert theirs == {"job": None}
     assert unknown == {"job": None}
@@ -219,10 +246,9 @@ async def test_no_token_is_unauthenticated(web: WebServer) -> None:
 async def test_websocket_without_valid_token_is_refused(
     web: WebServer, protocol: str, bad_token: str | None
 ) -> None:
-    received = []
+    received: list[Any] = []
     with pytest.raises(TransportError):
-        async for job in follow(ws_client(web, bad_token, protocol), UNKNOWN_ID):
-            received.append(job)
+        await collect(follow(ws_client(web, bad_token, protocol), UNKNOWN_ID), received)
     assert received == []
 
 

@@ -33,7 +33,9 @@ def own_redis() -> Iterator[RedisServer]:
 
 @pytest.fixture
 def outage_web(
-    own_redis: RedisServer, make_settings: Callable[..., Settings], tmp_path_factory: pytest.TempPathFactory
+    own_redis: RedisServer,
+    make_settings: Callable[..., Settings],
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[WebServer]:
     settings = make_settings(redis_url=own_redis.url, redis_timeout=0.5)
     server = start_web(settings, tmp_path_factory.mktemp("logs") / "outage-web.log")
@@ -53,9 +55,7 @@ async def test_redis_down_is_service_unavailable_then_recovers(
     outage_web: WebServer, own_redis: RedisServer
 ) -> None:
     job = await send(outage_web, "before@example.com")
-    subscription = asyncio.create_task(
-        anext(aiter_skip_first(outage_web, str(job["id"])))
-    )
+    subscription = asyncio.create_task(anext(aiter_skip_first(outage_web, str(job["id"]))))
     await asyncio.sleep(0.5)  # the subscription is open and waiting
 
     own_redis.stop()

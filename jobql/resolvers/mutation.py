@@ -1,6 +1,7 @@
 import asyncio
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Annotated, cast
 
+import strawberry
 from strawberry.file_uploads import Upload
 from strawberry.types import Info
 
@@ -8,7 +9,12 @@ from jobql.auth import SCOPE_SEND_EMAIL
 from jobql.errors import BadUserInput, Forbidden, PayloadTooLarge
 from jobql.jobs import ImageFormat, JobKind, new_job_id
 from jobql.resolvers.context import Context, redis_errors_as_unavailable
-from jobql.resolvers.validation import checked_avatar_options, checked_email, checked_username
+from jobql.resolvers.validation import (
+    checked_avatar_options,
+    checked_delay,
+    checked_email,
+    checked_username,
+)
 from jobql.schema.types import AvatarOptions, Job
 from jobql.uploads import UploadRejected, UploadTooLarge, store_upload
 
@@ -53,12 +59,22 @@ async def upload_avatar(
     return Job.from_snapshot(snapshot)
 
 
-async def send_welcome_email(info: Info[Context, None], email: str, username: str) -> Job:
+async def send_welcome_email(
+    info: Info[Context, None],
+    email: str,
+    username: str,
+    delay_seconds: Annotated[
+        int, strawberry.argument(description="Send no sooner than this many seconds from now.")
+    ] = 0,
+) -> Job:
     """Queue a welcome email; needs the `email:send` scope."""
     principal = info.context.principal()
     if not principal.has_scope(SCOPE_SEND_EMAIL):
         raise Forbidden(f"Sending email needs the '{SCOPE_SEND_EMAIL}' scope.")
     args = [checked_email(email), checked_username(username)]
+    delay = checked_delay(delay_seconds)
     with redis_errors_as_unavailable():
-        snapshot = await info.context.store.enqueue(JobKind.WELCOME_EMAIL, principal.user_id, args)
+        snapshot = await info.context.store.enqueue(
+            JobKind.WELCOME_EMAIL, principal.user_id, args, delay=delay
+        )
     return Job.from_snapshot(snapshot)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from email_validator import EmailNotValidError, validate_email
 
 from jobql.errors import BadUserInput
@@ -9,6 +11,8 @@ from jobql.errors import BadUserInput
 AVATAR_SIZES = range(32, 1025)
 QUALITIES = range(1, 101)
 USERNAME_MAX = 64
+# A delayed task waits unacknowledged in a worker; keep it well inside the visibility timeout.
+DELAYS = range(0, 601)
 
 
 def checked_email(email: str) -> str:
@@ -31,6 +35,14 @@ def checked_username(username: str) -> str:
             "The username must not contain line breaks or control characters.", field="username"
         )
     return username
+
+
+def checked_delay(seconds: int) -> timedelta | None:
+    if seconds not in DELAYS:
+        raise BadUserInput(
+            f"delaySeconds must be {DELAYS.start}..{DELAYS.stop - 1}.", field="delaySeconds"
+        )
+    return timedelta(seconds=seconds) if seconds else None
 
 
 def checked_avatar_options(size: int, quality: int) -> None:

@@ -6,12 +6,14 @@ from functools import partial
 from typing import TYPE_CHECKING
 
 import strawberry
-from strawberry.extensions import MaskErrors
+from strawberry.extensions import DisableIntrospection, MaskErrors, SchemaExtension
 
 from jobql.errors import ApiError
 from jobql.resolvers import mutation, query, subscription
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from graphql import GraphQLError
 
 
@@ -37,10 +39,12 @@ def is_unexpected(error: GraphQLError) -> bool:
     return original is not None and not isinstance(original, ApiError)
 
 
-def build_schema() -> strawberry.Schema:
+def build_schema(introspection: bool = True) -> strawberry.Schema:
+    extensions: list[type[SchemaExtension] | Callable[[], SchemaExtension]] = [
+        partial(MaskErrors, should_mask_error=is_unexpected),
+    ]
+    if not introspection:
+        extensions.append(DisableIntrospection)
     return strawberry.Schema(
-        query=Query,
-        mutation=Mutation,
-        subscription=Subscription,
-        extensions=[partial(MaskErrors, should_mask_error=is_unexpected)],
+        query=Query, mutation=Mutation, subscription=Subscription, extensions=extensions
     )

@@ -11,7 +11,7 @@ from flask import Flask, render_template
 from flask_mail import Connection, Mail, Message
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
     from jobql.settings import Settings
 
@@ -45,7 +45,13 @@ def message_id(job_id: str) -> str:
     return f"<{job_id}@jobql>"
 
 
-def send_welcome(app: Flask, job_id: str, recipient: str, username: str) -> str:
+def send_welcome(
+    app: Flask,
+    job_id: str,
+    recipient: str,
+    username: str,
+    progress: Callable[[int], None] = lambda percent: None,
+) -> str:
     """Send the welcome email; return its Message-ID."""
     with app.app_context():
         site_name = app.config["SITE_NAME"]
@@ -56,8 +62,10 @@ def send_welcome(app: Flask, job_id: str, recipient: str, username: str) -> str:
             html=render_template("welcome.html", username=username, site_name=site_name),
         )
         message.msgId = message_id(job_id)
+        progress(30)
         try:
             with TimedConnection(app.extensions["mail"], app.config["MAIL_TIMEOUT"]) as connection:
+                progress(60)
                 connection.send(message)
         except smtplib.SMTPRecipientsRefused as exc:
             codes = [code for code, _ in exc.recipients.values()]

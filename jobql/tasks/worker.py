@@ -104,7 +104,9 @@ def create_worker_app(settings: Settings) -> Celery:
     )
     def welcome_email(self: JobTask, recipient: str, username: str) -> dict[str, Any]:
         try:
-            message_id = send_welcome(mail_app, str(self.request.id), recipient, username)
+            message_id = send_welcome(
+                mail_app, str(self.request.id), recipient, username, self.report_progress
+            )
         except MailRejected as exc:
             raise JobFailed("SMTP_REJECTED", f"The mail server refused: {exc}.") from None
         except MailTemporarilyFailed as exc:

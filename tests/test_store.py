@@ -1,0 +1,76 @@
+"""JobStore against a real Redis: the record and the task message land together."""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+import pytest
+
+from jobql.connections import create_redis
+from jobql.jobs import JobKind, JobState, meta_key, record_key
+from jobql.store import JobStore
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from redis.asyncio import Redis
+
+    from jobql.settings import Settings
+
+EXPIRES = 600
+
+
+@pytest.fixture
+async def store(settings: Settings) -> AsyncIterator[JobStore]:
+    redis = create_redis(settings)
+    # A queue of its own, so that the suite's worker never takes these messages.
+    yield JobStore(redis, result_expires=EXPIRES, queue=f"test-{uuid.uuid4()}")
+    await redis.aclose()
+
+
+async def test_enqueue_writes_record_and_message(store: JobStore, redis: Redis) -> None:
+    job = await store.enqueue(JobKind.WELCOME_EMAIL, "u1", ["a@example.com", "A"])
+
+    assert job.state is JobState.PENDING
+    record = await redis.hgetall(record_key(job.id))
+    assert record[b"owner"] == b"u1" and record[b"kind"] == b"welcome_email"
+    assert 0 < await redis.ttl(record_key(job.id)) <= EXPIRES
+    [raw] = await redis.lrange(store.queue, 0, -1)
+    envelope = json.loads(raw)
+    assert envelope["headers"]["task"] == "jobql.welcome_email"
+    assert envelope["headers"]["id"] == job.id
+    assert envelope["headers"]["eta"] is None
+    args, kwargs, _ = json.loads(base64.b64decode(envelope["body"]))
+    assert (args, kwargs) == (["a@example.com", "A"], {})
+
+
+async def test_delayed_job_carries_an_eta(store: JobStore, redis: Redis) -> None:
+    job = await store.enqueue(JobKind.WELCOME_EMAIL, "u1", [], delay=timedelta(seconds=30))
+    [raw] = await redis.lrange(store.queue, 0, -1)
+    eta = json.loads(raw)["headers"]["eta"]
+    assert eta == (job.created_at + timedelta(seconds=30)).isoformat()
+
+
+async def test_get_hides_other_owners_unknown_and_malformed_ids(store: JobStore) -> None:
+    job = await store.enqueue(JobKind.AVATAR, "owner", ["x.upload", 64, 80, "PNG"])
+
+    assert (await store.get(job.id, "owner")) == job
+    assert await store.get(job.id, "someone-else") is None
+    assert await store.get(str(uuid.uuid4()), "owner") is None
+    assert await store.get("not-a-uuid", "owner") is None
+    assert await store.get(job.id.upper(), "owner") is None
+
+
+async def test_get_reads_the_state_from_celerys_meta(store: JobStore, redis: Redis) -> None:
+    job = await store.enqueue(JobKind.WELCOME_EMAIL, "u2", [])
+    meta = {"status": "PROGRESS", "result": {"progress": 60, "attempt": 1}, "retries": 0}
+    await redis.set(meta_key(job.id), json.dumps(meta))
+
+    current = await store.get(job.id, "u2")
+
+    assert current is not None
+    assert (current.state, current.progress) == (JobState.PROGRESS, 60)

@@ -1,0 +1,117 @@
+"""JobWatcher against a real Redis: one pub/sub connection, fanned out, failing loudly."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import uuid
+from typing import TYPE_CHECKING
+
+import pytest
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from jobql.redis_server import RedisServer
+from jobql.watcher import JobWatcher, WatchLost
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Iterator
+
+
+@pytest.fixture
+def own_redis() -> Iterator[RedisServer]:
+    server = RedisServer()
+    server.start()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+async def watcher(own_redis: RedisServer) -> AsyncIterator[JobWatcher]:
+    watcher = JobWatcher(own_redis.url, timeout=1.0, health_check_interval=0.5)
+    yield watcher
+    await watcher.close()
+
+
+@pytest.fixture
+async def client(own_redis: RedisServer) -> AsyncIterator[Redis]:
+    client = Redis.from_url(own_redis.url)
+    yield client
+    await client.aclose()
+
+
+def channel() -> str:
+    return f"celery-task-meta-{uuid.uuid4()}"
+
+
+async def subscribers(client: Redis, name: str) -> int:
+    [(_, count)] = await client.pubsub_numsub(name)
+    return int(count)
+
+
+async def test_message_reaches_every_watch_of_a_channel_over_one_subscription(
+    watcher: JobWatcher, client: Redis
+) -> None:
+    name = channel()
+    async with watcher.watch(name) as first, watcher.watch(name) as second:
+        assert await subscribers(client, name) == 1
+        await client.publish(name, b'{"status": "STARTED"}')
+        assert await asyncio.wait_for(first.get(), 2) == b'{"status": "STARTED"}'
+        assert await asyncio.wait_for(second.get(), 2) == b'{"status": "STARTED"}'
+    await asyncio.sleep(0.1)
+    assert await subscribers(client, name) == 0
+    assert watcher.channels == 0
+
+
+async def test_other_channels_are_not_delivered(watcher: JobWatcher, client: Redis) -> None:
+    mine, other = channel(), channel()
+    async with watcher.watch(mine) as events, watcher.watch(other):
+        await client.publish(other, b"not for me")
+        await client.publish(mine, b"for me")
+        assert await asyncio.wait_for(events.get(), 2) == b"for me"
+        assert events.empty()
+
+
+async def test_many_channels_share_one_connection(watcher: JobWatcher, client: Redis) -> None:
+    names = [channel() for _ in range(50)]
+    before = len(await client.client_list())
+    async with contextlib.AsyncExitStack() as stack:
+        for name in names:
+            await stack.enter_async_context(watcher.watch(name))
+        assert len(await client.client_list()) == before + 1
+        assert watcher.channels == 50
+
+
+async def test_watch_lost_when_redis_dies(
+    watcher: JobWatcher, own_redis: RedisServer, client: Redis
+) -> None:
+    async with watcher.watch(channel()) as events:
+        own_redis.stop()
+        event = await asyncio.wait_for(events.get(), 5)
+    assert isinstance(event, WatchLost)
+
+    with pytest.raises((RedisError, OSError, TimeoutError)):
+        async with watcher.watch(channel()):
+            pass
+
+    own_redis.start()
+    name = channel()
+    async with watcher.watch(name) as events:
+        await client.publish(name, b"back")
+        assert await asyncio.wait_for(events.get(), 2) == b"back"
+
+
+async def test_watch_lost_when_redis_stops_answering(
+    watcher: JobWatcher, own_redis: RedisServer
+) -> None:
+    assert own_redis.process is not None
+    async with watcher.watch(channel()) as events:
+        os.kill(own_redis.process.pid, signal.SIGSTOP)
+        try:
+            # The health check's PING goes unanswered: the watch ends instead of hanging.
+            event = await asyncio.wait_for(events.get(), 5)
+        finally:
+            os.kill(own_redis.process.pid, signal.SIGCONT)
+    assert isinstance(event, WatchLost)
