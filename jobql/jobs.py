@@ -204,7 +204,9 @@ def _progress(state: JobState, result: object) -> int | None:
     if state is not JobState.PROGRESS or not isinstance(result, dict):
         return None
     value = result.get("progress")
-    return max(0, min(100, int(value))) if isinstance(value, int | float) else None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return max(0, min(100, int(value)))
 
 
 def _parse_time(value: object) -> datetime | None:

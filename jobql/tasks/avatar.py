@@ -76,11 +76,11 @@ def _decode(source: Path, size: int, max_pixels: int) -> Image.Image:
             with Image.open(source, formats=READABLE_FORMATS) as opened:
                 if opened.width * opened.height > max_pixels:
                     raise InvalidImage(f"The image has more than {max_pixels} pixels.")
-                if opened.format == "JPEG":
+                if opened.format in ("JPEG", "MPO"):
                     # Decode at 1/2, 1/4 or 1/8 scale where the result still covers the square.
                     opened.draft("RGB", _draft_box(opened.size, size))
                 opened.load()
-                return ImageOps.exif_transpose(opened)
+                return _eight_bit(ImageOps.exif_transpose(opened))
         except InvalidImage:
             raise
         except (
@@ -92,6 +92,13 @@ def _decode(source: Path, size: int, max_pixels: int) -> Image.Image:
             SyntaxError,
         ) as exc:
             raise InvalidImage(f"The file is not a readable image: {exc}") from exc
+
+
+def _eight_bit(image: Image.Image) -> Image.Image:
+    """Scale 16- and 32-bit greyscale to 8 bits; Pillow's plain conversion would clip it white."""
+    if image.mode.startswith("I;16") or image.mode == "I":
+        return image.convert("I").point(lambda value: value / 256).convert("L")
+    return image
 
 
 def _draft_box(image_size: tuple[int, int], size: int) -> tuple[int, int]:

@@ -12,6 +12,7 @@ from flask_mail import Connection, Mail, Message
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
+    from types import TracebackType
 
     from jobql.settings import Settings
 
@@ -93,6 +94,19 @@ class TimedConnection(Connection):
     def configure_host(self) -> smtplib.SMTP | smtplib.SMTP_SSL:
         with _default_socket_timeout(self.timeout):
             return super().configure_host()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        # Flask-Mail always QUITs, and a server that has hung up after refusing
+        # would make that QUIT's error replace the refusal.
+        if exc_type is None:
+            super().__exit__(exc_type, exc_value, tb)  # type: ignore[arg-type]
+        elif self.host is not None:
+            self.host.close()
 
 
 @contextlib.contextmanager

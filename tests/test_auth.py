@@ -1,0 +1,176 @@
+"""Bearer tokens: issuing, checking, and reading them from an Authorization value."""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import timedelta
+
+import jwt
+import pytest
+
+from jobql.auth import (
+    ALGORITHM,
+    SCOPE_SEND_EMAIL,
+    InvalidToken,
+    Principal,
+    decode_token,
+    issue_token,
+    principal_from_authorization,
+)
+from jobql.jobs import utcnow
+
+SECRET = "unit-test-secret-key-that-is-long-enough-for-hs256"
+OTHER_SECRET = "another-secret-key-that-is-also-long-enough-for-hs256"
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def unsigned_token(claims: dict[str, object], alg: str = "none") -> str:
+    """A token with no signature, built by hand so no library can refuse to make it."""
+    header = b64url(json.dumps({"alg": alg, "typ": "JWT"}).encode())
+    payload = b64url(json.dumps(claims).encode())
+    return f"{header}.{payload}."
+
+
+def test_round_trip_keeps_user_and_scopes() -> None:
+    token = issue_token(SECRET, "user-42", (SCOPE_SEND_EMAIL, "other:scope"))
+    principal = decode_token(SECRET, token)
+    assert principal == Principal("user-42", frozenset({SCOPE_SEND_EMAIL, "other:scope"}))
+    assert principal.has_scope(SCOPE_SEND_EMAIL)
+    assert principal.has_scope("other:scope")
+    assert not principal.has_scope("admin")
+
+
+def test_round_trip_without_scopes() -> None:
+    principal = decode_token(SECRET, issue_token(SECRET, "user-1"))
+    assert principal.user_id == "user-1"
+    assert principal.scopes == frozenset()
+    assert not principal.has_scope(SCOPE_SEND_EMAIL)
+
+
+def test_issued_token_is_hs256_with_sub_scope_and_exp() -> None:
+    token = issue_token(SECRET, "user-1", (SCOPE_SEND_EMAIL,), ttl=timedelta(minutes=5))
+    assert jwt.get_unverified_header(token)["alg"] == ALGORITHM == "HS256"
+    claims = jwt.decode(token, SECRET, algorithms=["HS256"])
+    assert claims["sub"] == "user-1"
+    assert claims["scope"] == SCOPE_SEND_EMAIL
+    now = utcnow().timestamp()
+    assert now + 240 < claims["exp"] <= now + 301
+    assert claims["iat"] <= now + 1
+
+
+def test_token_with_ttl_is_valid_before_it_expires() -> None:
+    token = issue_token(SECRET, "user-1", ttl=timedelta(minutes=5))
+    assert decode_token(SECRET, token).user_id == "user-1"
+
+
+def test_expired_token_is_invalid() -> None:
+    token = issue_token(SECRET, "user-1", (SCOPE_SEND_EMAIL,), ttl=timedelta(seconds=-1))
+    with pytest.raises(InvalidToken, match="expired"):
+        decode_token(SECRET, token)
+
+
+def test_wrong_secret_is_invalid() -> None:
+    token = issue_token(OTHER_SECRET, "user-1", (SCOPE_SEND_EMAIL,))
+    with pytest.raises(InvalidToken):
+        decode_token(SECRET, token)
+
+
+@pytest.mark.parametrize("alg", ["none", "None", "NONE"])
+def test_unsigned_token_is_invalid(alg: str) -> None:
+    token = unsigned_token({"sub": "admin", "scope": SCOPE_SEND_EMAIL}, alg)
+    with pytest.raises(InvalidToken):
+        decode_token(SECRET, token)
+
+
+def test_pyjwt_none_token_is_invalid() -> None:
+    token = jwt.encode({"sub": "admin", "scope": SCOPE_SEND_EMAIL}, None, algorithm="none")
+    with pytest.raises(InvalidToken):
+        decode_token(SECRET, token)
+
+
+def test_other_algorithm_with_the_same_secret_is_invalid() -> None:
+    token = jwt.encode({"sub": "user-1"}, SECRET, algorithm="HS384")
+    with pytest.raises(InvalidToken):
+        decode_token(SECRET, token)
+
+
+def test_tampered_payload_is_invalid() -> None:
+    token = issue_token(SECRET, "user-1")
+    header, _, signature = token.split(".")
+    payload = b64url(json.dumps({"sub": "admin", "scope": SCOPE_SEND_EMAIL}).encode())
+    with pytest.raises(InvalidToken):
+        decode_token(SECRET, f"{header}.{payload}.{signature}")
+
+
+@pytest.mark.parametrize(
+    "claims",
+    [
+        {"scope": SCOPE_SEND_EMAIL},
+        {"sub": "", "scope": ""},
+        {"sub": None},
+        {"sub": 42},
+        {"sub": ["user-1"]},
+        {"sub": "user-1", "scope": ["email:send"]},
+        {"sub": "user-1", "scope": 1},
+    ],
+)
+def test_token_without_a_usable_sub_or_scope_is_invalid(claims: dict[str, object]) -> None:
+    token = jwt.encode(claims, SECRET, algorithm=ALGORITHM)
+    with pytest.raises(InvalidToken):
+        decode_token(SECRET, token)
+
+
+@pytest.mark.parametrize("token", ["", "garbage", "a.b.c", "a.b", "...."])
+def test_malformed_token_is_invalid(token: str) -> None:
+    with pytest.raises(InvalidToken):
+        decode_token(SECRET, token)
+
+
+def test_error_is_not_a_pyjwt_error() -> None:
+    with pytest.raises(InvalidToken) as raised:
+        decode_token(SECRET, "garbage")
+    assert not isinstance(raised.value, jwt.PyJWTError)
+
+
+# --- Authorization values -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "authorization", [None, "", "   ", "Basic abc", "Bearer", "Bearer ", "Bearer    ", 123, {}]
+)
+def test_missing_or_wrong_authorization_is_invalid(authorization: object) -> None:
+    with pytest.raises(InvalidToken):
+        principal_from_authorization(SECRET, authorization)
+
+
+def test_basic_with_a_valid_token_is_still_invalid() -> None:
+    token = issue_token(SECRET, "user-1")
+    with pytest.raises(InvalidToken):
+        principal_from_authorization(SECRET, f"Basic {token}")
+
+
+def test_token_without_scheme_is_invalid() -> None:
+    with pytest.raises(InvalidToken):
+        principal_from_authorization(SECRET, issue_token(SECRET, "user-1"))
+
+
+@pytest.mark.parametrize("scheme", ["Bearer", "bearer", "BEARER", "bEaReR"])
+def test_bearer_scheme_is_case_insensitive(scheme: str) -> None:
+    token = issue_token(SECRET, "user-7", (SCOPE_SEND_EMAIL,))
+    principal = principal_from_authorization(SECRET, f"{scheme} {token}")
+    assert principal == Principal("user-7", frozenset({SCOPE_SEND_EMAIL}))
+
+
+def test_surrounding_whitespace_is_ignored() -> None:
+    token = issue_token(SECRET, "user-7")
+    assert principal_from_authorization(SECRET, f"  Bearer   {token}  ").user_id == "user-7"
+
+
+def test_bearer_with_a_bad_token_is_invalid() -> None:
+    token = issue_token(OTHER_SECRET, "user-7")
+    with pytest.raises(InvalidToken):
+        principal_from_authorization(SECRET, f"Bearer {token}")

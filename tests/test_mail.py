@@ -1,0 +1,355 @@
+"""Unit tests for the welcome email, against a real SMTP server (aiosmtpd) and real sockets."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import socket
+import threading
+import uuid
+from typing import TYPE_CHECKING
+
+import pytest
+
+from jobql.redis_server import free_port
+from jobql.tasks.mail import (
+    MailRejected,
+    MailTemporarilyFailed,
+    create_mail_app,
+    message_id,
+    send_welcome,
+)
+from tests.support import DEFERRING_DOMAIN, REJECTING_DOMAIN
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+    from email.message import EmailMessage
+
+    from flask import Flask
+
+    from jobql.settings import Settings
+    from tests.support import SmtpServer
+
+GUARD_SECONDS = 10.0
+
+
+def unique(prefix: str = "job") -> str:
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+def recipient(domain: str = "example.com") -> str:
+    return f"{unique('user')}@{domain}"
+
+
+def text_of(message: EmailMessage, subtype: str) -> str:
+    part = message.get_body(preferencelist=(subtype,))
+    assert part is not None, f"no text/{subtype} part"
+    assert part.get_content_type() == f"text/{subtype}"
+    content = part.get_content()
+    assert isinstance(content, str)
+    return content
+
+
+def only_message_to(smtp_server: SmtpServer, address: str) -> EmailMessage:
+    received = smtp_server.handler.to(address)
+    assert len(received) == 1, received
+    return received[0]
+
+
+def send_guarded(app: Flask, address: str) -> BaseException | str:
+    """Send in a thread; fail the test, rather than hang it, if it does not finish in time."""
+    outcome: list[BaseException | str] = []
+
+    def run() -> None:
+        try:
+            outcome.append(send_welcome(app, unique(), address, "alice"))
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(GUARD_SECONDS)
+    assert not thread.is_alive(), f"send_welcome still running after {GUARD_SECONDS}s"
+    assert len(outcome) == 1
+    return outcome[0]
+
+
+@pytest.fixture
+def app(make_settings: Callable[..., Settings]) -> Flask:
+    return create_mail_app(make_settings())
+
+
+@pytest.fixture
+def silent_server() -> Iterator[int]:
+    """A TCP port whose listening socket is never accept()ed: connects succeed, nothing is said."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        yield int(listener.getsockname()[1])
+
+
+@pytest.fixture
+def stalling_server() -> Iterator[int]:
+    """A TCP peer that greets and answers EHLO, then never answers again."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    listener.settimeout(0.2)
+    stop = threading.Event()
+    connections: list[socket.socket] = []
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                connection, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            connections.append(connection)
+            connection.settimeout(GUARD_SECONDS)
+            with contextlib.suppress(OSError):
+                connection.sendall(b"220 stalling.test ESMTP\r\n")
+                line = connection.recv(1024)
+                if line.upper().startswith((b"EHLO", b"HELO")):
+                    connection.sendall(b"250 stalling.test\r\n")
+                # Read whatever comes next and never answer it.
+                while not stop.is_set() and connection.recv(1024):
+                    pass
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield int(listener.getsockname()[1])
+    finally:
+        stop.set()
+        for connection in connections:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
+            connection.close()
+        listener.close()
+        thread.join(GUARD_SECONDS)
+
+
+@pytest.fixture
+def refuse_then_hang_up_server() -> Iterator[int]:
+    """A TCP peer that speaks SMTP, answers RCPT with 550 and then closes the connection,
+    as servers that drop a client after a permanent refusal do."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            connection, _ = listener.accept()
+            with connection, connection.makefile("rb") as lines:
+                connection.sendall(b"220 refusing.test ESMTP\r\n")
+                for line in lines:
+                    command = line.upper()
+                    if command.startswith(b"RCPT"):
+                        connection.sendall(b"550 5.1.1 No such mailbox\r\n")
+                        return
+                    if command.startswith(b"QUIT"):
+                        connection.sendall(b"221 Bye\r\n")
+                        return
+                    connection.sendall(b"250 OK\r\n")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield int(listener.getsockname()[1])
+    finally:
+        listener.close()
+        thread.join(GUARD_SECONDS)
+
+
+# --- message_id -----------------------------------------------------------------------------
+
+
+def test_message_id_is_derived_from_the_job_id() -> None:
+    assert message_id("abc-123") == "<abc-123@jobql>"
+    assert message_id("abc-123") == message_id("abc-123")
+    assert message_id("abc-123") != message_id("abc-124")
+
+
+# --- create_mail_app ------------------------------------------------------------------------
+
+
+def test_mail_app_holds_the_settings(make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings(site_name="Elsewhere", mail_timeout=2.5)
+
+    app = create_mail_app(settings)
+
+    assert app.config["MAIL_SERVER"] == "127.0.0.1"
+    assert app.config["MAIL_PORT"] == settings.mail_port
+    assert app.config["MAIL_DEFAULT_SENDER"] == "jobql <noreply@jobql.test>"
+    assert app.config["SITE_NAME"] == "Elsewhere"
+    assert app.config["MAIL_TIMEOUT"] == 2.5
+    assert "mail" in app.extensions
+
+
+# --- a successful send ----------------------------------------------------------------------
+
+
+def test_welcome_message_arrives_with_subject_id_sender_and_both_parts(
+    app: Flask, smtp_server: SmtpServer
+) -> None:
+    job_id = unique()
+    address = recipient()
+
+    returned = send_welcome(app, job_id, address, "alice_w")
+
+    assert returned == f"<{job_id}@jobql>"
+    message = only_message_to(smtp_server, address)
+    assert message["Subject"] == "Welcome to Testsite"
+    assert message["Message-ID"] == f"<{job_id}@jobql>"
+    assert message["From"] == "jobql <noreply@jobql.test>"
+    assert message["To"] == address
+    plain = text_of(message, "plain")
+    html = text_of(message, "html")
+    assert "alice_w" in plain
+    assert "Testsite" in plain
+    assert "alice_w" in html
+    assert "<strong>Testsite</strong>" in html
+
+
+def test_subject_uses_the_configured_site_name(
+    make_settings: Callable[..., Settings], smtp_server: SmtpServer
+) -> None:
+    app = create_mail_app(make_settings(site_name="Acme Portal"))
+    address = recipient()
+
+    send_welcome(app, unique(), address, "bob")
+
+    message = only_message_to(smtp_server, address)
+    assert message["Subject"] == "Welcome to Acme Portal"
+    assert "Acme Portal" in text_of(message, "html")
+
+
+def test_repeat_send_of_one_job_keeps_its_message_id(app: Flask, smtp_server: SmtpServer) -> None:
+    job_id = unique()
+    address = recipient()
+
+    first = send_welcome(app, job_id, address, "carol")
+    second = send_welcome(app, job_id, address, "carol")
+
+    assert first == second == message_id(job_id)
+    ids = {message["Message-ID"] for message in smtp_server.handler.to(address)}
+    assert ids == {message_id(job_id)}
+
+
+def test_username_is_html_escaped_in_the_html_part(app: Flask, smtp_server: SmtpServer) -> None:
+    address = recipient()
+    username = '<script>alert("x")</script>&co'
+
+    send_welcome(app, unique(), address, username)
+
+    message = only_message_to(smtp_server, address)
+    html = text_of(message, "html")
+    assert "<script>" not in html
+    assert "&lt;script&gt;" in html
+    assert "&amp;co" in html
+    # The plain-text part shows the name as typed, not HTML entities.
+    assert username in text_of(message, "plain")
+
+
+def test_non_ascii_username_survives(app: Flask, smtp_server: SmtpServer) -> None:
+    address = recipient()
+
+    send_welcome(app, unique(), address, "Zoë Ørsted 山田")
+
+    message = only_message_to(smtp_server, address)
+    assert "Zoë Ørsted 山田" in text_of(message, "plain")
+    assert "Zoë Ørsted 山田" in text_of(message, "html")
+
+
+def test_progress_is_strictly_increasing_within_0_to_100(app: Flask) -> None:
+    reported: list[int] = []
+
+    send_welcome(app, unique(), recipient(), "grace", reported.append)
+
+    assert reported
+    assert all(0 <= percent <= 100 for percent in reported)
+    assert all(earlier < later for earlier, later in itertools.pairwise(reported))
+
+
+def test_send_restores_the_default_socket_timeout(app: Flask) -> None:
+    before = socket.getdefaulttimeout()
+
+    send_welcome(app, unique(), recipient(), "dave")
+
+    assert socket.getdefaulttimeout() == before
+
+
+# --- refusals and failures ------------------------------------------------------------------
+
+
+def test_550_recipient_raises_mail_rejected(app: Flask, smtp_server: SmtpServer) -> None:
+    address = recipient(REJECTING_DOMAIN)
+
+    with pytest.raises(MailRejected, match="550"):
+        send_welcome(app, unique(), address, "erin")
+
+    assert smtp_server.handler.to(address) == []
+
+
+def test_451_recipient_raises_temporary_failure_then_succeeds(
+    app: Flask, smtp_server: SmtpServer
+) -> None:
+    address = recipient(DEFERRING_DOMAIN)
+    job_id = unique()
+
+    with pytest.raises(MailTemporarilyFailed, match="451"):
+        send_welcome(app, job_id, address, "frank")
+    assert smtp_server.handler.to(address) == []
+
+    assert send_welcome(app, job_id, address, "frank") == message_id(job_id)
+    message = only_message_to(smtp_server, address)
+    assert message["Message-ID"] == message_id(job_id)
+
+
+def test_rejected_and_temporary_are_distinct() -> None:
+    # The worker retries one and not the other, so neither may be a subclass of the other.
+    assert not issubclass(MailRejected, MailTemporarilyFailed)
+    assert not issubclass(MailTemporarilyFailed, MailRejected)
+
+
+def test_nothing_listening_raises_temporary_failure(
+    make_settings: Callable[..., Settings],
+) -> None:
+    app = create_mail_app(make_settings(mail_port=free_port()))
+
+    outcome = send_guarded(app, recipient())
+
+    assert isinstance(outcome, MailTemporarilyFailed), outcome
+
+
+def test_silent_server_times_out_as_temporary_failure(
+    make_settings: Callable[..., Settings], silent_server: int
+) -> None:
+    app = create_mail_app(make_settings(mail_port=silent_server, mail_timeout=0.5))
+
+    outcome = send_guarded(app, recipient())
+
+    assert isinstance(outcome, MailTemporarilyFailed), outcome
+    assert socket.getdefaulttimeout() is None
+
+
+def test_server_stalling_after_greeting_times_out_as_temporary_failure(
+    make_settings: Callable[..., Settings], stalling_server: int
+) -> None:
+    app = create_mail_app(make_settings(mail_port=stalling_server, mail_timeout=0.5))
+
+    outcome = send_guarded(app, recipient())
+
+    assert isinstance(outcome, MailTemporarilyFailed), outcome
+
+
+def test_550_then_hang_up_raises_mail_rejected(
+    make_settings: Callable[..., Settings], refuse_then_hang_up_server: int
+) -> None:
+    app = create_mail_app(make_settings(mail_port=refuse_then_hang_up_server, mail_timeout=2.0))
+
+    outcome = send_guarded(app, recipient())
+
+    assert isinstance(outcome, MailRejected), repr(outcome)
