@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 from starlette.requests import HTTPConnection  # noqa: TC002 (FastAPI reads it at run time)
+from starlette.responses import JSONResponse
 from starlette.staticfiles import StaticFiles
 
 from jobql.connections import create_redis
 from jobql.graphql_router import JobqlRouter
+from jobql.multipart import FormLimits, FormRejected
+from jobql.rate_limit import MutationRateLimit
+from jobql.request_guard import RequestGuard
 from jobql.resolvers.context import Context, Services
 from jobql.schema import build_schema
 from jobql.settings import Settings
@@ -20,12 +25,22 @@ from jobql.watcher import JobWatcher
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
+    from starlette.requests import Request
+
 AVATARS_PATH = "/media/avatars"
+MAX_JSON_BODY_BYTES = 256 * 1024
 
 
 async def healthz() -> dict[str, str]:
     """The process is up and serving (says nothing of Redis or the workers)."""
     return {"status": "ok"}
+
+
+async def form_rejected(request: Request, exc: Exception) -> JSONResponse:
+    """A body refused before any GraphQL ran, answered the way GraphQL clients read errors."""
+    assert isinstance(exc, FormRejected)
+    body = {"errors": [{"message": str(exc), "extensions": {"code": exc.code}}]}
+    return JSONResponse(body, status_code=exc.status)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -37,6 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         secret_key=secret_key,
         store=JobStore(redis, result_expires=settings.result_expires),
         watcher=JobWatcher(settings.redis_url, timeout=settings.redis_timeout),
+        rate_limit=MutationRateLimit(redis, settings.redis_url, settings.rate_limit_per_minute),
     )
     settings.incoming_dir.mkdir(parents=True, exist_ok=True)
     settings.avatars_dir.mkdir(parents=True, exist_ok=True)
@@ -54,9 +70,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         build_schema(introspection=settings.introspection),
         context_getter=get_context,
         multipart_uploads_enabled=True,
+        connection_init_wait_timeout=timedelta(seconds=settings.ws_init_timeout),
+        incoming_dir=settings.incoming_dir,
+        upload_limits=FormLimits(max_file_bytes=settings.max_upload_bytes),
     )
     app = FastAPI(title="jobql", lifespan=lifespan)
     app.include_router(graphql, prefix="/graphql")
     app.add_api_route("/healthz", healthz, include_in_schema=False)
     app.mount(AVATARS_PATH, StaticFiles(directory=settings.avatars_dir), name="avatars")
+    app.add_exception_handler(FormRejected, form_rejected)
+    app.add_middleware(
+        RequestGuard,
+        max_upload_bytes=settings.max_upload_bytes,
+        max_other_bytes=MAX_JSON_BODY_BYTES,
+    )
     return app

@@ -51,6 +51,7 @@ def run_dev(host: str, port: int) -> int:
                 ))  # fmt: skip
                 print(f"smtp:    mail is printed here (SMTP server at 127.0.0.1:{smtp_port})")
             env.setdefault("JOBQL_SECRET_KEY", secrets.token_urlsafe(32))
+            env.setdefault("JOBQL_INTROSPECTION", "true")
             children.append(
                 _spawn([sys.executable, "-m", "jobql", "worker", "--concurrency", "2"], env)
             )

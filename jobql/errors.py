@@ -35,3 +35,7 @@ class PayloadTooLarge(ApiError):
 
 class ServiceUnavailable(ApiError):
     code = "SERVICE_UNAVAILABLE"
+
+
+class RateLimited(ApiError):
+    code = "RATE_LIMITED"

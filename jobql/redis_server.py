@@ -38,9 +38,12 @@ def free_port(host: str = "127.0.0.1") -> int:
 class RedisServer:
     """Start with `start()`, stop with `stop()`; `start()` again reuses the same port."""
 
-    def __init__(self, port: int | None = None, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self, port: int | None = None, host: str = "127.0.0.1", persistent: bool = False
+    ) -> None:
         self.host = host
         self.port = port or free_port(host)
+        self.persistent = persistent
         self._directory = tempfile.TemporaryDirectory(prefix="jobql-redis-")
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -54,8 +57,11 @@ class RedisServer:
             "--port", str(self.port),
             "--bind", self.host,
             "--save", "",
-            "--appendonly", "no",
             "--dir", self._directory.name,
+            # Persistent: every write is on disk before it is acknowledged, so that a
+            # stop and start loses nothing.
+            *(("--appendonly", "yes", "--appendfsync", "always") if self.persistent
+              else ("--appendonly", "no")),
         ]  # fmt: skip
         self.process = subprocess.Popen(
             command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -38,8 +38,41 @@ class Settings(BaseSettings):
     )
     max_upload_bytes: int = Field(default=25 * 1024 * 1024, gt=0)
     max_image_pixels: int = Field(default=64_000_000, gt=0)
-    introspection: bool = True
+    introspection: bool = False
+    rate_limit_per_minute: int = Field(
+        default=120, ge=0, description="Mutations per user per minute; 0 turns the limit off"
+    )
+    ws_init_timeout: float = Field(
+        default=10.0, gt=0, description="Seconds a WebSocket may wait before connection_init"
+    )
+
     task_time_limit: int = Field(default=300, gt=0, description="Hard limit per task, seconds")
+    visibility_timeout: int = Field(
+        default=3600,
+        gt=0,
+        description="Seconds before an unacknowledged task is given to another worker",
+    )
+    max_attempts: int = Field(
+        default=3, gt=0, description="Deliveries of one job before it is taken as poison"
+    )
+    sweep_interval: float = Field(default=600.0, gt=0, description="Seconds between sweeps")
+    sweep_min_age: float = Field(
+        default=600.0, ge=0, description="Age in seconds before a leftover file is swept"
+    )
+
+    @model_validator(mode="after")
+    def _visibility_outlasts_tasks(self) -> Settings:
+        if self.visibility_timeout <= self.task_time_limit:
+            raise ValueError(
+                "JOBQL_VISIBILITY_TIMEOUT must be longer than JOBQL_TASK_TIME_LIMIT, "
+                "or a task still running is handed to a second worker."
+            )
+        return self
+
+    @property
+    def max_delay_seconds(self) -> int:
+        """The longest delay a job may ask for: it must start and end within the visibility."""
+        return max(0, min(600, self.visibility_timeout - self.task_time_limit - 1))
 
     def require_secret_key(self) -> str:
         if self.secret_key is None or not self.secret_key.get_secret_value():

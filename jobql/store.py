@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from jobql.jobs import (
@@ -26,11 +27,45 @@ if TYPE_CHECKING:
     from redis.asyncio import Redis
 
 
+NO_SUCH_JOB = "00000000-0000-0000-0000-000000000000"
+
+# Atomically: unless KEYS[1] (a dedupe key, when given) names an earlier job, claim it,
+# write the job record and queue the task message. Returns the earlier job's id, or false.
+ENQUEUE_SCRIPT = """
+if KEYS[1] ~= '' then
+  local earlier = redis.call('GET', KEYS[1])
+  if earlier then return earlier end
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+end
+redis.call('HSET', KEYS[2], unpack(ARGV, 5))
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+redis.call('LPUSH', KEYS[3], ARGV[4])
+return false
+"""
+
+
+class AlreadyQueued(Exception):
+    """An earlier job holds the dedupe key; `job_id` is that job."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(job_id)
+        self.job_id = job_id
+
+
+@dataclass(frozen=True, slots=True)
+class Dedupe:
+    """At most one job per `key` for `ttl`: a second request gets the first job instead."""
+
+    key: str
+    ttl: timedelta
+
+
 class JobStore:
     def __init__(self, redis: Redis, result_expires: int, queue: str = DEFAULT_QUEUE) -> None:
         self.redis = redis
         self.result_expires = result_expires
         self.queue = queue
+        self._enqueue = redis.register_script(ENQUEUE_SCRIPT)
 
     async def enqueue(
         self,
@@ -39,27 +74,37 @@ class JobStore:
         args: list[Any],
         job_id: str | None = None,
         delay: timedelta | None = None,
+        dedupe: Dedupe | None = None,
     ) -> JobSnapshot:
-        """Write the job record and queue its task in one transaction: both or neither.
+        """Write the job record and queue its task, both or neither, in one round trip.
 
-        With `delay`, a worker starts the task no sooner than that from now.
+        With `delay`, a worker starts the task no sooner than that from now. With
+        `dedupe`, raises `AlreadyQueued` when an earlier job holds the key.
         """
         job_id = job_id or new_job_id()
         created_at = utcnow()
         eta = created_at + delay if delay else None
         record = new_record(kind, owner, created_at)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(record_key(job_id), items=[part for pair in record.items() for part in pair])
-            pipe.expire(record_key(job_id), self.result_expires)
-            pipe.lpush(self.queue, task_message(kind.task_name, job_id, args, self.queue, eta))
-            await pipe.execute()
+        message = task_message(kind.task_name, job_id, args, self.queue, eta)
+        earlier = await self._enqueue(
+            keys=[dedupe.key if dedupe else "", record_key(job_id), self.queue],
+            args=[
+                job_id,
+                int(dedupe.ttl.total_seconds()) if dedupe else 0,
+                self.result_expires,
+                message,
+                *(part for pair in record.items() for part in pair),
+            ],
+        )
+        if earlier:
+            raise AlreadyQueued(_text(earlier))
         return snapshot(job_id, record, None)
 
     async def get(self, job_id: str, owner: str) -> JobSnapshot | None:
         """The job, or None when it does not exist, has expired or is not `owner`'s."""
-        if not is_job_id(job_id):
-            return None
-        record, meta = await self.load(job_id)
+        # A malformed id costs the same round trip as a real one: the answer's timing
+        # must not tell a caller which ids exist.
+        record, meta = await self.load(job_id if is_job_id(job_id) else NO_SUCH_JOB)
         if record.get("owner") != owner:
             return None
         return snapshot(job_id, record, meta)

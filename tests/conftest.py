@@ -59,6 +59,7 @@ def make_settings(
             "site_name": "Testsite",
             "result_expires": 3600,
             "redis_timeout": 1.0,
+            "introspection": True,
             **overrides,
         }
         return Settings(**values)  # type: ignore[arg-type]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import zlib
 
 from PIL import ExifTags, Image
 
@@ -28,6 +29,34 @@ def phone_photo(width: int = 3000, height: int = 2000, image_format: str = "JPEG
     buffer = io.BytesIO()
     image.save(buffer, format=image_format, exif=exif, quality=90)
     return buffer.getvalue()
+
+
+def heic_photo(width: int = 640, height: int = 480) -> bytes:
+    """What an iPhone sends: HEIC, with GPS in its EXIF."""
+    import pillow_heif
+
+    pillow_heif.register_heif_opener()
+    image = Image.new("RGB", (width, height), BLUE)
+    image.paste(RED, (0, 0, width // 2, height))
+    exif = Image.Exif()
+    exif[ExifTags.IFD.GPSInfo] = {
+        ExifTags.GPS.GPSLatitudeRef: "N",
+        ExifTags.GPS.GPSLatitude: (51.0, 30.0, 12.0),
+    }
+    buffer = io.BytesIO()
+    image.save(buffer, format="HEIF", exif=exif, quality=80)
+    return buffer.getvalue()
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims `width` x `height` pixels: a decompression bomb."""
+    buffer = io.BytesIO()
+    Image.new("L", (1, 1)).save(buffer, format="PNG")
+    data = bytearray(buffer.getvalue())
+    # IHDR: length (4) + type (4) + width (4) + height (4) + 5 bytes, then its CRC.
+    data[16:24] = width.to_bytes(4, "big") + height.to_bytes(4, "big")
+    data[29:33] = zlib.crc32(bytes(data[12:29])).to_bytes(4, "big")
+    return bytes(data)
 
 
 def transparent_png(size: int = 400) -> bytes:

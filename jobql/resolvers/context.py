@@ -16,6 +16,7 @@ from jobql.watcher import WatchLost
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
+    from jobql.rate_limit import MutationRateLimit
     from jobql.settings import Settings
     from jobql.store import JobStore
     from jobql.watcher import JobWatcher
@@ -29,6 +30,7 @@ class Services:
     secret_key: str
     store: JobStore
     watcher: JobWatcher
+    rate_limit: MutationRateLimit
 
 
 class Context(BaseContext):
@@ -49,6 +51,10 @@ class Context(BaseContext):
     @property
     def watcher(self) -> JobWatcher:
         return self.services.watcher
+
+    @property
+    def rate_limit(self) -> MutationRateLimit:
+        return self.services.rate_limit
 
     def authenticate(self, authorization: object) -> Principal:
         """Check credentials and remember who they name; raise `InvalidToken` if they are bad."""

@@ -11,8 +11,6 @@ from jobql.errors import BadUserInput
 AVATAR_SIZES = range(32, 1025)
 QUALITIES = range(1, 101)
 USERNAME_MAX = 64
-# A delayed task waits unacknowledged in a worker; keep it well inside the visibility timeout.
-DELAYS = range(0, 601)
 
 
 def checked_email(email: str) -> str:
@@ -37,11 +35,9 @@ def checked_username(username: str) -> str:
     return username
 
 
-def checked_delay(seconds: int) -> timedelta | None:
-    if seconds not in DELAYS:
-        raise BadUserInput(
-            f"delaySeconds must be {DELAYS.start}..{DELAYS.stop - 1}.", field="delaySeconds"
-        )
+def checked_delay(seconds: int, max_seconds: int) -> timedelta | None:
+    if not 0 <= seconds <= max_seconds:
+        raise BadUserInput(f"delaySeconds must be 0..{max_seconds}.", field="delaySeconds")
     return timedelta(seconds=seconds) if seconds else None
 
 

@@ -6,7 +6,16 @@ from functools import partial
 from typing import TYPE_CHECKING
 
 import strawberry
-from strawberry.extensions import DisableIntrospection, MaskErrors, SchemaExtension
+from strawberry.extensions import (
+    DisableIntrospection,
+    MaskErrors,
+    MaxAliasesLimiter,
+    MaxTokensLimiter,
+    ParserCache,
+    QueryDepthLimiter,
+    SchemaExtension,
+    ValidationCache,
+)
 
 from jobql.errors import ApiError
 from jobql.resolvers import mutation, query, subscription
@@ -39,9 +48,21 @@ def is_unexpected(error: GraphQLError) -> bool:
     return original is not None and not isinstance(original, ApiError)
 
 
+MAX_DEPTH = 8
+MAX_ALIASES = 10
+MAX_TOKENS = 1000
+CACHED_DOCUMENTS = 256
+
+
 def build_schema(introspection: bool = True) -> strawberry.Schema:
     extensions: list[type[SchemaExtension] | Callable[[], SchemaExtension]] = [
         partial(MaskErrors, should_mask_error=is_unexpected),
+        partial(QueryDepthLimiter, max_depth=MAX_DEPTH),
+        partial(MaxAliasesLimiter, max_alias_count=MAX_ALIASES),
+        partial(MaxTokensLimiter, max_token_count=MAX_TOKENS),
+        # Clients send the same few documents again and again: parse and validate each once.
+        partial(ParserCache, maxsize=CACHED_DOCUMENTS),
+        partial(ValidationCache, maxsize=CACHED_DOCUMENTS),
     ]
     if not introspection:
         extensions.append(DisableIntrospection)

@@ -12,6 +12,9 @@ from jobql.jobs import ImageFormat, JobKind, JobState
 if TYPE_CHECKING:
     from jobql.jobs import JobSnapshot
 
+DEFAULT_SIZE = 256
+DEFAULT_QUALITY = 85
+
 strawberry.enum(JobState, description="A job's state, named as Celery names it.")
 strawberry.enum(JobKind, description="What a job does.")
 strawberry.enum(ImageFormat, description="The format of an avatar file.")
@@ -80,9 +83,11 @@ class Job:
 @strawberry.input(description="How to make the avatar.")
 class AvatarOptions:
     size: int | None = strawberry.field(
-        default=256, description="Side of the square, 32..1024 pixels."
+        default=DEFAULT_SIZE, description="Side of the square, 32..1024 pixels."
     )
-    quality: int | None = strawberry.field(default=85, description="Encoder quality, 1..100.")
+    quality: int | None = strawberry.field(
+        default=DEFAULT_QUALITY, description="Encoder quality, 1..100."
+    )
     format: ImageFormat | None = ImageFormat.JPEG
 
 

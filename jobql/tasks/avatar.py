@@ -9,13 +9,13 @@ from typing import TYPE_CHECKING
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from jobql.image_formats import READABLE_FORMATS
 from jobql.jobs import ImageFormat
 
 if TYPE_CHECKING:
     from collections.abc import Callable
     from pathlib import Path
 
-READABLE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF")
 FLATTEN_ONTO = (255, 255, 255)
 
 
@@ -58,6 +58,9 @@ def make_avatar(
         temporary.replace(destination)
     finally:
         temporary.unlink(missing_ok=True)
+    # A delivery that died mid-write left its own temporary file; this one finished.
+    for stale in destination.parent.glob(f".{destination.name}.*.tmp"):
+        stale.unlink(missing_ok=True)
     progress(90)
     return Avatar(
         path=destination,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,27 +20,36 @@ from jobql.jobs import (
 )
 from jobql.tasks.avatar import InvalidImage, make_avatar
 from jobql.tasks.mail import MailRejected, MailTemporarilyFailed, create_mail_app, send_welcome
+from jobql.tasks.sweep import sweeper_step
 
 if TYPE_CHECKING:
+    from redis import Redis
+
     from jobql.settings import Settings
 
 AVATARS_URL = "/media/avatars"
+SENT_PREFIX = "jobql:sent:"
 
 
 class JobTask(Task):  # type: ignore[type-arg]
-    """A task that keeps its job record up to date and reports progress."""
+    """A task that keeps its job record up to date, reports progress and refuses poison."""
+
+    max_attempts = 3
+
+    @property
+    def redis(self) -> Redis:
+        return self.backend.client  # type: ignore[attr-defined,no-any-return]
 
     def before_start(self, task_id: str, args: Any, kwargs: Any) -> None:
-        """Stamp the start time and count the attempt, then say STARTED."""
+        """Stamp the start time, count this delivery of this try, then say STARTED."""
         key = record_key(task_id)
-        expires = self.app.conf.result_expires
-        with self.backend.client.pipeline(transaction=True) as pipe:  # type: ignore[attr-defined]
+        with self.redis.pipeline(transaction=True) as pipe:
             pipe.hsetnx(key, "started_at", utcnow().isoformat())
-            pipe.hincrby(key, "attempts", 1)
-            pipe.expire(key, expires)
+            pipe.hincrby(key, f"deliveries:{self.request.retries}", 1)
+            pipe.expire(key, self.app.conf.result_expires)
             _, attempt, _ = pipe.execute()
         self.request.attempt = attempt  # type: ignore[attr-defined]
-        self.update_state(state=STARTED, meta={"attempt": attempt})
+        self.update_state(state=STARTED, meta={"attempt": attempt, "pid": os.getpid()})
 
     def report_progress(self, percent: int) -> None:
         self.update_state(
@@ -47,9 +57,20 @@ class JobTask(Task):  # type: ignore[type-arg]
             meta={"progress": percent, "attempt": getattr(self.request, "attempt", 0)},
         )
 
+    def refuse_poison(self) -> None:
+        """End a job that keeps killing its worker, instead of handing it on forever."""
+        attempt = getattr(self.request, "attempt", 1)
+        if attempt > self.max_attempts:
+            raise JobFailed(
+                "WORKER_LOST",
+                f"The worker died {attempt - 1} times running this job; it is not tried again.",
+                retryable=False,
+            )
+
 
 def create_worker_app(settings: Settings) -> Celery:
     app = Celery("jobql", broker=settings.redis_url, backend=settings.redis_url)
+    visibility = settings.visibility_timeout
     app.conf.update(
         accept_content=["json"],
         task_serializer="json",
@@ -59,15 +80,34 @@ def create_worker_app(settings: Settings) -> Celery:
         result_extended=True,
         task_default_queue=DEFAULT_QUEUE,
         task_time_limit=settings.task_time_limit,
+        task_soft_time_limit=settings.task_time_limit * 0.9,
+        # At least once: a message is acknowledged only when its task has ended, and one
+        # whose worker died goes back to the queue.
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
+        # One visibility timeout everywhere, as Celery's Redis documentation asks. A dead
+        # worker's unacknowledged messages are restored by the scan of a live one:
+        # run it often enough that redelivery follows the timeout closely.
+        visibility_timeout=visibility,
+        broker_transport_options={
+            "visibility_timeout": visibility,
+            "unacked_restore_interval": max(1, min(10, visibility // 4)),
+            "unacked_restore_throttle": 1,
+        },
+        result_backend_transport_options={"visibility_timeout": visibility},
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
     )
+    app.steps["worker"].add(sweeper_step(settings, lambda: app.backend.client))  # type: ignore[attr-defined]
     mail_app = create_mail_app(settings)
 
-    @app.task(bind=True, base=JobTask, name=JobKind.AVATAR.task_name)
+    @app.task(
+        bind=True,
+        base=JobTask,
+        name=JobKind.AVATAR.task_name,
+        max_attempts=settings.max_attempts,
+    )
     def avatar(
         self: JobTask, incoming_name: str, size: int, quality: int, image_format: str
     ) -> dict[str, Any]:
@@ -75,6 +115,7 @@ def create_worker_app(settings: Settings) -> Celery:
         fmt = ImageFormat(image_format)
         name = f"{self.request.id}.{fmt.extension}"
         try:
+            self.refuse_poison()
             made = make_avatar(
                 incoming,
                 settings.avatars_dir / name,
@@ -101,21 +142,64 @@ def create_worker_app(settings: Settings) -> Celery:
         base=JobTask,
         name=JobKind.WELCOME_EMAIL.task_name,
         max_retries=settings.mail_max_retries,
+        max_attempts=settings.max_attempts,
     )
     def welcome_email(self: JobTask, recipient: str, username: str) -> dict[str, Any]:
+        self.refuse_poison()
+        job_id = str(self.request.id)
+        marker = SendOnce(self.redis, job_id, settings.result_expires)
+        if marker.already_sent():
+            return {"recipient": recipient, "message_id": marker.message_id()}
         try:
-            message_id = send_welcome(
-                mail_app, str(self.request.id), recipient, username, self.report_progress
-            )
+            message_id = send_welcome(mail_app, job_id, recipient, username, self.report_progress)
         except MailRejected as exc:
+            marker.forget()
             raise JobFailed("SMTP_REJECTED", f"The mail server refused: {exc}.") from None
         except MailTemporarilyFailed as exc:
+            marker.forget()
             retries = self.request.retries
             if retries >= settings.mail_max_retries:
                 raise JobFailed(
                     "SMTP_UNAVAILABLE", f"Gave up after {retries + 1} tries: {exc}.", True
                 ) from None
             raise self.retry(countdown=settings.mail_retry_backoff * 2**retries) from exc
+        marker.confirm(message_id)
         return {"recipient": recipient, "message_id": message_id}
 
     return app
+
+
+class SendOnce:
+    """A marker that keeps a redelivered job from sending its email twice.
+
+    It reads "sending" while a send is under way and holds the Message-ID once the
+    server has accepted the message. A redelivery that finds a Message-ID does not
+    send again; one that finds "sending" does, because that send was never confirmed.
+    """
+
+    SENDING = b"sending"
+
+    def __init__(self, redis: Redis, job_id: str, expires: int) -> None:
+        self.redis = redis
+        self.key = f"{SENT_PREFIX}{job_id}"
+        self.expires = expires
+        self._sent: bytes | None = None
+
+    def already_sent(self) -> bool:
+        if self.redis.set(self.key, self.SENDING, ex=self.expires, nx=True):
+            return False
+        previous = self.redis.get(self.key)
+        if isinstance(previous, bytes) and previous != self.SENDING:
+            self._sent = previous
+            return True
+        return False
+
+    def message_id(self) -> str:
+        assert self._sent is not None
+        return self._sent.decode()
+
+    def confirm(self, message_id: str) -> None:
+        self.redis.set(self.key, message_id, ex=self.expires)
+
+    def forget(self) -> None:
+        self.redis.delete(self.key)

@@ -1,0 +1,63 @@
+"""ASGI middleware: caps request bodies as they stream, and removes uploads nobody claimed."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from starlette.datastructures import Headers
+
+from jobql.multipart import FormRejected, IncomingUpload
+
+if TYPE_CHECKING:
+    from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+UPLOADS = "jobql.uploads"
+MULTIPART_OVERHEAD_BYTES = 256 * 1024
+
+
+class BodyTooLarge(FormRejected):
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f"The request body is larger than {limit} bytes.", code="PAYLOAD_TOO_LARGE", status=413
+        )
+
+
+class RequestGuard:
+    def __init__(self, app: ASGIApp, max_upload_bytes: int, max_other_bytes: int) -> None:
+        self.app = app
+        self.max_multipart_bytes = max_upload_bytes + MULTIPART_OVERHEAD_BYTES
+        self.max_other_bytes = max_other_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        uploads: list[IncomingUpload] = []
+        scope.setdefault("state", {})[UPLOADS] = uploads
+        try:
+            await self.app(scope, self._limited(scope, receive), send)
+        finally:
+            for upload in uploads:
+                if not upload.claimed:
+                    upload.path.unlink(missing_ok=True)
+
+    def _limited(self, scope: Scope, receive: Receive) -> Receive:
+        headers = Headers(scope=scope)
+        multipart = headers.get("content-type", "").startswith("multipart/")
+        limit = self.max_multipart_bytes if multipart else self.max_other_bytes
+        declared = headers.get("content-length", "")
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            # Refuse a declared size before reading a byte of it.
+            if declared.isdigit() and int(declared) > limit:
+                raise BodyTooLarge(limit)
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise BodyTooLarge(limit)
+            return message
+
+        return limited_receive

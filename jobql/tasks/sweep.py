@@ -1,0 +1,98 @@
+"""Removes files left behind by jobs that can no longer use them."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from celery import bootsteps
+
+from jobql.jobs import TERMINAL_STATES, JobState, load_meta, meta_key, record_key
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+    from pathlib import Path
+
+    from redis import Redis
+
+    from jobql.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+def sweep(
+    incoming_dir: Path,
+    avatars_dir: Path,
+    min_age: float,
+    job_is_over: Callable[[str], bool],
+    now: float | None = None,
+) -> list[Path]:
+    """Remove uploads whose job is over or unknown, and half-written avatars.
+
+    Only files older than `min_age` seconds are touched, so that an upload whose
+    job is being queued right now is never taken for an orphan.
+    """
+    cutoff = (time.time() if now is None else now) - min_age
+    doomed = [
+        *(p for p in _older(incoming_dir.glob("*.upload"), cutoff) if job_is_over(p.stem)),
+        *_older(avatars_dir.glob(".*.tmp"), cutoff),
+    ]
+    for path in doomed:
+        path.unlink(missing_ok=True)
+    return doomed
+
+
+def job_is_over(client: Redis, job_id: str) -> bool:
+    """No record (expired or never written), or a terminal state."""
+    with client.pipeline(transaction=False) as pipe:
+        pipe.exists(record_key(job_id))
+        pipe.get(meta_key(job_id))
+        exists, raw_meta = pipe.execute()
+    meta = load_meta(raw_meta)
+    return not exists or (meta is not None and JobState(meta["status"]) in TERMINAL_STATES)
+
+
+def _older(paths: Iterable[Path], cutoff: float) -> list[Path]:
+    old = []
+    for path in paths:
+        try:
+            if path.stat().st_mtime < cutoff:
+                old.append(path)
+        except FileNotFoundError:
+            continue
+    return old
+
+
+def sweeper_step(settings: Settings, client: Callable[[], Redis]) -> type[bootsteps.StartStopStep]:
+    """A worker bootstep that sweeps every `settings.sweep_interval` seconds."""
+
+    class Sweeper(bootsteps.StartStopStep):
+        requires = ("celery.worker.components:Timer",)
+
+        def __init__(self, worker: Any, **kwargs: Any) -> None:
+            super().__init__(worker, **kwargs)
+            self.timer_entry: Any = None
+
+        def start(self, worker: Any) -> None:
+            self.timer_entry = worker.timer.call_repeatedly(settings.sweep_interval, self.run)
+
+        def stop(self, worker: Any) -> None:
+            if self.timer_entry is not None:
+                self.timer_entry.cancel()
+
+        def run(self) -> None:
+            try:
+                removed = sweep(
+                    settings.incoming_dir,
+                    settings.avatars_dir,
+                    settings.sweep_min_age,
+                    lambda job_id: job_is_over(client(), job_id),
+                )
+            except Exception:  # a failed sweep is tried again at the next tick
+                logger.exception("Sweeping leftover files failed")
+                return
+            if removed:
+                logger.info("Swept %d leftover files", len(removed))
+
+    return Sweeper
