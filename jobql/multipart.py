@@ -154,6 +154,8 @@ class _FormReader:
         if disposition != b"form-data" or b"name" not in options:
             raise FormRejected("Every multipart part needs 'Content-Disposition: form-data'.")
         self._name = options[b"name"].decode(errors="replace")
+        if self._name in self.form.fields or self._name in self.form.files:
+            raise FormRejected(f"The part name '{self._name}' is used twice.")
         if b"filename" in options:
             self._begin_file(options[b"filename"].decode(errors="replace"))
         else:

@@ -57,15 +57,22 @@ class Settings(BaseSettings):
     )
     sweep_interval: float = Field(default=600.0, gt=0, description="Seconds between sweeps")
     sweep_min_age: float = Field(
-        default=600.0, ge=0, description="Age in seconds before a leftover file is swept"
+        default=600.0,
+        gt=0,
+        description="Age in seconds before a leftover file is swept; at least the task time limit",
     )
 
     @model_validator(mode="after")
-    def _visibility_outlasts_tasks(self) -> Settings:
+    def _limits_agree(self) -> Settings:
         if self.visibility_timeout <= self.task_time_limit:
             raise ValueError(
                 "JOBQL_VISIBILITY_TIMEOUT must be longer than JOBQL_TASK_TIME_LIMIT, "
                 "or a task still running is handed to a second worker."
+            )
+        if self.sweep_min_age < self.task_time_limit:
+            raise ValueError(
+                "JOBQL_SWEEP_MIN_AGE must be at least JOBQL_TASK_TIME_LIMIT, or the sweep "
+                "could remove a file a running task is still writing."
             )
         return self
 

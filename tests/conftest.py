@@ -8,7 +8,7 @@ from redis.asyncio import Redis
 from jobql.auth import issue_token
 from jobql.redis_server import RedisServer
 from jobql.settings import Settings
-from tests.support import Process, SmtpServer, WebServer, start_web, start_worker
+from tests.support import Process, SmtpServer, Stack, WebServer, start_web, start_worker
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Iterator
@@ -84,6 +84,28 @@ def web(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     server = start_web(settings, tmp_path_factory.mktemp("logs") / "web.log")
     yield server
     server.process.stop()
+
+
+@pytest.fixture
+def make_stack(
+    make_settings: Callable[..., Settings], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Callable[..., Stack]]:
+    """Build a private jobql (Redis, SMTP, settings); the test starts workers and web."""
+    stacks: list[Stack] = []
+
+    def make(persistent_redis: bool = False, **overrides: object) -> Stack:
+        redis = RedisServer(persistent=persistent_redis)
+        redis.start()
+        smtp = SmtpServer()
+        smtp.start()
+        settings = make_settings(redis_url=redis.url, mail_port=smtp.port, **overrides)
+        stack = Stack(settings, redis, smtp, tmp_path_factory.mktemp("stack"))
+        stacks.append(stack)
+        return stack
+
+    yield make
+    for stack in stacks:
+        stack.close()
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 import urllib.request
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -122,12 +123,15 @@ class RecordingHandler:
 
     messages: list[EmailMessage] = field(default_factory=list)
     deferred: set[str] = field(default_factory=set)
+    recipients_tried: Counter[str] = field(default_factory=Counter)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     async def handle_RCPT(
         self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]
     ) -> str:
         domain = address.rpartition("@")[2]
+        with self.lock:
+            self.recipients_tried[address] += 1
         if domain == REJECTING_DOMAIN:
             return "550 5.1.1 No such mailbox"
         with self.lock:
@@ -149,13 +153,49 @@ class RecordingHandler:
 
 
 class SmtpServer:
+    """A real SMTP server in a thread; `stop()` and `start()` again keep its port."""
+
     def __init__(self) -> None:
         self.handler = RecordingHandler()
         self.port = free_port()
-        self.controller = Controller(self.handler, hostname="127.0.0.1", port=self.port)
+        self.controller: Controller | None = None
 
     def start(self) -> None:
+        self.controller = Controller(self.handler, hostname="127.0.0.1", port=self.port)
         self.controller.start()
 
     def stop(self) -> None:
-        self.controller.stop()
+        if self.controller is not None:
+            self.controller.stop()
+            self.controller = None
+
+
+@dataclass
+class Stack:
+    """A whole jobql of its own: Redis, SMTP, workers and a web server, for tests that break
+    things."""
+
+    settings: Settings
+    redis: Any  # RedisServer
+    smtp: SmtpServer
+    logs: Path
+    workers: list[Process] = field(default_factory=list)
+    web: WebServer | None = None
+
+    def add_worker(self, concurrency: int = 1) -> Process:
+        log = self.logs / f"worker-{len(self.workers)}.log"
+        worker = start_worker(self.settings, log, concurrency=concurrency)
+        self.workers.append(worker)
+        return worker
+
+    def start_web(self) -> WebServer:
+        self.web = start_web(self.settings, self.logs / "web.log")
+        return self.web
+
+    def close(self) -> None:
+        if self.web is not None:
+            self.web.process.stop()
+        for worker in self.workers:
+            worker.stop(timeout=5)
+        self.smtp.stop()
+        self.redis.close()

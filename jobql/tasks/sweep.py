@@ -49,8 +49,13 @@ def job_is_over(client: Redis, job_id: str) -> bool:
         pipe.exists(record_key(job_id))
         pipe.get(meta_key(job_id))
         exists, raw_meta = pipe.execute()
-    meta = load_meta(raw_meta)
-    return not exists or (meta is not None and JobState(meta["status"]) in TERMINAL_STATES)
+    if not exists:
+        return True
+    try:
+        meta = load_meta(raw_meta)
+        return meta is not None and JobState(meta["status"]) in TERMINAL_STATES
+    except (ValueError, KeyError):
+        return False  # a state jobql cannot read: keep the file rather than guess
 
 
 def _older(paths: Iterable[Path], cutoff: float) -> list[Path]:

@@ -1,0 +1,222 @@
+"""Unit tests for the sweeper: leftover uploads and half-written avatars are removed."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import TYPE_CHECKING
+
+import pytest
+import redis
+
+from jobql.jobs import JobKind, JobState, meta_key, new_job_id, new_record, record_key, utcnow
+from jobql.tasks.sweep import job_is_over, sweep
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+    from jobql.redis_server import RedisServer
+
+NOW = 1_750_000_000.0
+MIN_AGE = 600.0
+OLD = NOW - MIN_AGE - 60
+YOUNG = NOW - MIN_AGE + 60
+
+
+def touch(path: Path, mtime: float, data: bytes = b"x") -> Path:
+    path.write_bytes(data)
+    os.utime(path, (mtime, mtime))
+    return path
+
+
+@pytest.fixture
+def dirs(tmp_path: Path) -> tuple[Path, Path]:
+    incoming, avatars = tmp_path / "incoming", tmp_path / "avatars"
+    incoming.mkdir()
+    avatars.mkdir()
+    return incoming, avatars
+
+
+# --- sweep ----------------------------------------------------------------------------------
+
+
+def test_sweep_removes_old_uploads_of_jobs_that_are_over(dirs: tuple[Path, Path]) -> None:
+    incoming, avatars = dirs
+    over, running, young_over = new_job_id(), new_job_id(), new_job_id()
+    old_done = touch(incoming / f"{over}.upload", OLD)
+    old_running = touch(incoming / f"{running}.upload", OLD)
+    young = touch(incoming / f"{young_over}.upload", YOUNG)
+    asked: list[str] = []
+
+    def is_over(job_id: str) -> bool:
+        asked.append(job_id)
+        return job_id in (over, young_over)
+
+    removed = sweep(incoming, avatars, MIN_AGE, is_over, now=NOW)
+
+    assert removed == [old_done]
+    assert not old_done.exists()
+    assert old_running.exists() and young.exists()
+    # The job id is the file's stem; young files are not even looked up.
+    assert sorted(asked) == sorted([over, running])
+
+
+def test_sweep_removes_old_temp_avatars_and_keeps_the_rest(dirs: tuple[Path, Path]) -> None:
+    incoming, avatars = dirs
+    job_id = new_job_id()
+    old_tmp = touch(avatars / f".{job_id}.webp.tmp", OLD)
+    young_tmp = touch(avatars / f".{new_job_id()}.jpg.tmp", YOUNG)
+    finished = touch(avatars / f"{job_id}.webp", OLD)
+    not_hidden = touch(avatars / f"{new_job_id()}.tmp", OLD)
+
+    removed = sweep(incoming, avatars, MIN_AGE, lambda _: True, now=NOW)
+
+    assert removed == [old_tmp]
+    assert not old_tmp.exists()
+    assert young_tmp.exists() and finished.exists() and not_hidden.exists()
+
+
+def test_sweep_touches_only_upload_files_in_incoming(dirs: tuple[Path, Path]) -> None:
+    incoming, avatars = dirs
+    other = touch(incoming / "notes.txt", OLD)
+    hidden_tmp = touch(incoming / ".something.tmp", OLD)
+    upload = touch(incoming / f"{new_job_id()}.upload", OLD)
+
+    removed = sweep(incoming, avatars, MIN_AGE, lambda _: True, now=NOW)
+
+    assert removed == [upload]
+    assert other.exists() and hidden_tmp.exists()
+
+
+def test_sweep_of_both_kinds_returns_everything_it_removed(dirs: tuple[Path, Path]) -> None:
+    incoming, avatars = dirs
+    uploads = {touch(incoming / f"{new_job_id()}.upload", OLD) for _ in range(3)}
+    temps = {touch(avatars / f".{new_job_id()}.png.tmp", OLD) for _ in range(2)}
+
+    removed = sweep(incoming, avatars, MIN_AGE, lambda _: True, now=NOW)
+
+    assert len(removed) == 5
+    assert set(removed) == uploads | temps
+    assert list(incoming.iterdir()) == [] and list(avatars.iterdir()) == []
+
+
+def test_sweep_with_nothing_to_do_removes_nothing(dirs: tuple[Path, Path]) -> None:
+    incoming, avatars = dirs
+    young = touch(incoming / f"{new_job_id()}.upload", YOUNG)
+
+    assert sweep(incoming, avatars, MIN_AGE, lambda _: True, now=NOW) == []
+    assert young.exists()
+
+
+def test_sweep_uses_the_clock_when_now_is_not_given(dirs: tuple[Path, Path]) -> None:
+    incoming, avatars = dirs
+    old = touch(incoming / f"{new_job_id()}.upload", time.time() - MIN_AGE - 60)
+    fresh = touch(incoming / f"{new_job_id()}.upload", time.time())
+
+    removed = sweep(incoming, avatars, MIN_AGE, lambda _: True)
+
+    assert removed == [old]
+    assert fresh.exists()
+
+
+# --- job_is_over ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def client(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    connection = redis.Redis.from_url(redis_server.url)
+    yield connection
+    connection.close()
+
+
+@pytest.fixture
+def job_id(client: redis.Redis) -> Iterator[str]:
+    job_id = new_job_id()
+    yield job_id
+    client.delete(record_key(job_id), meta_key(job_id))
+
+
+def write_record(client: redis.Redis, job_id: str) -> None:
+    for name, value in new_record(JobKind.AVATAR, "alice", utcnow()).items():
+        client.hset(record_key(job_id), name, value)
+
+
+def write_meta(client: redis.Redis, job_id: str, state: JobState, result: object = None) -> None:
+    meta = {"status": state.value, "result": result, "task_id": job_id, "traceback": None}
+    client.set(meta_key(job_id), json.dumps(meta))
+
+
+def test_job_without_a_record_is_over(client: redis.Redis, job_id: str) -> None:
+    assert client.exists(record_key(job_id)) == 0
+
+    assert job_is_over(client, job_id) is True
+
+
+def test_job_without_a_record_but_with_running_meta_is_over(
+    client: redis.Redis, job_id: str
+) -> None:
+    # The record expired: nobody can ask for this job any more.
+    write_meta(client, job_id, JobState.PROGRESS, {"progress": 50})
+
+    assert job_is_over(client, job_id) is True
+
+
+def test_job_with_a_record_and_no_meta_is_not_over(client: redis.Redis, job_id: str) -> None:
+    write_record(client, job_id)
+
+    assert job_is_over(client, job_id) is False
+
+
+@pytest.mark.parametrize(
+    ("state", "result"),
+    [
+        (JobState.STARTED, {"attempt": 1}),
+        (JobState.PROGRESS, {"progress": 50, "attempt": 1}),
+        (JobState.RETRY, {"exc_type": "ConnectionError", "exc_message": ["down"]}),
+        (JobState.PENDING, None),
+    ],
+)
+def test_job_with_a_record_and_running_meta_is_not_over(
+    client: redis.Redis, job_id: str, state: JobState, result: object
+) -> None:
+    write_record(client, job_id)
+    write_meta(client, job_id, state, result)
+
+    assert job_is_over(client, job_id) is False
+
+
+@pytest.mark.parametrize(
+    ("state", "result"),
+    [
+        (JobState.SUCCESS, {"url": "/media/avatars/x.webp"}),
+        (JobState.FAILURE, {"exc_type": "JobFailed", "exc_message": ["BAD", "bad", False]}),
+        (JobState.REVOKED, None),
+    ],
+)
+def test_job_with_a_record_and_terminal_meta_is_over(
+    client: redis.Redis, job_id: str, state: JobState, result: object
+) -> None:
+    write_record(client, job_id)
+    write_meta(client, job_id, state, result)
+
+    assert job_is_over(client, job_id) is True
+
+
+def test_job_is_over_drives_sweep(
+    client: redis.Redis, job_id: str, dirs: tuple[Path, Path]
+) -> None:
+    incoming, avatars = dirs
+    running = touch(incoming / f"{job_id}.upload", OLD)
+    orphan = touch(incoming / f"{new_job_id()}.upload", OLD)  # no record at all
+    write_record(client, job_id)
+    write_meta(client, job_id, JobState.PROGRESS, {"progress": 10})
+
+    removed = sweep(incoming, avatars, MIN_AGE, lambda j: job_is_over(client, j), now=NOW)
+
+    assert removed == [orphan]
+    assert running.exists()
+
+    write_meta(client, job_id, JobState.SUCCESS, {"url": "/media/avatars/x.webp"})
+    assert sweep(incoming, avatars, MIN_AGE, lambda j: job_is_over(client, j), now=NOW) == [running]
