@@ -20,6 +20,9 @@ from typing import Any
 RECORD_PREFIX = "jobql:job:"
 META_PREFIX = "celery-task-meta-"
 DEFAULT_QUEUE = "celery"
+# Per queue, the jobs queued but not started yet, scored by when they may start: what
+# recovery watches.
+PENDING_PREFIX = "jobql:pending:"
 
 
 class JobState(StrEnum):
@@ -99,6 +102,10 @@ def record_key(job_id: str) -> str:
 
 def meta_key(job_id: str) -> str:
     return f"{META_PREFIX}{job_id}"
+
+
+def pending_key(queue: str) -> str:
+    return f"{PENDING_PREFIX}{queue}"
 
 
 def new_job_id() -> str:

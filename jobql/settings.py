@@ -55,6 +55,11 @@ class Settings(BaseSettings):
     max_attempts: int = Field(
         default=3, gt=0, description="Deliveries of one job before it is taken as poison"
     )
+    recover_after: float = Field(
+        default=60.0,
+        gt=0,
+        description="Seconds a queued job may be missing from the broker before it is queued again",
+    )
     sweep_interval: float = Field(default=600.0, gt=0, description="Seconds between sweeps")
     sweep_min_age: float = Field(
         default=600.0,

@@ -14,6 +14,7 @@ from jobql.jobs import (
     meta_key,
     new_job_id,
     new_record,
+    pending_key,
     record_key,
     snapshot,
     utcnow,
@@ -30,15 +31,17 @@ if TYPE_CHECKING:
 NO_SUCH_JOB = "00000000-0000-0000-0000-000000000000"
 
 # Atomically: unless KEYS[1] (a dedupe key, when given) names an earlier job, claim it,
-# write the job record and queue the task message. Returns the earlier job's id, or false.
+# write the job record (with a copy of the message, kept until a worker starts the job),
+# note the job as pending and queue the task message. Returns the earlier job's id, or false.
 ENQUEUE_SCRIPT = """
 if KEYS[1] ~= '' then
   local earlier = redis.call('GET', KEYS[1])
   if earlier then return earlier end
   redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 end
-redis.call('HSET', KEYS[2], unpack(ARGV, 5))
+redis.call('HSET', KEYS[2], 'message', ARGV[4], unpack(ARGV, 6))
 redis.call('EXPIRE', KEYS[2], ARGV[3])
+redis.call('ZADD', KEYS[4], ARGV[5], ARGV[1])
 redis.call('LPUSH', KEYS[3], ARGV[4])
 return false
 """
@@ -87,12 +90,18 @@ class JobStore:
         record = new_record(kind, owner, created_at)
         message = task_message(kind.task_name, job_id, args, self.queue, eta)
         earlier = await self._enqueue(
-            keys=[dedupe.key if dedupe else "", record_key(job_id), self.queue],
+            keys=[
+                dedupe.key if dedupe else "",
+                record_key(job_id),
+                self.queue,
+                pending_key(self.queue),
+            ],
             args=[
                 job_id,
                 int(dedupe.ttl.total_seconds()) if dedupe else 0,
                 self.result_expires,
                 message,
+                (eta or created_at).timestamp(),
                 *(part for pair in record.items() for part in pair),
             ],
         )

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import logging
 import time
-from typing import TYPE_CHECKING, Any
-
-from celery import bootsteps
+from typing import TYPE_CHECKING
 
 from jobql.jobs import TERMINAL_STATES, JobState, load_meta, meta_key, record_key
 
@@ -15,10 +12,6 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from redis import Redis
-
-    from jobql.settings import Settings
-
-logger = logging.getLogger(__name__)
 
 
 def sweep(
@@ -67,37 +60,3 @@ def _older(paths: Iterable[Path], cutoff: float) -> list[Path]:
         except FileNotFoundError:
             continue
     return old
-
-
-def sweeper_step(settings: Settings, client: Callable[[], Redis]) -> type[bootsteps.StartStopStep]:
-    """A worker bootstep that sweeps every `settings.sweep_interval` seconds."""
-
-    class Sweeper(bootsteps.StartStopStep):
-        requires = ("celery.worker.components:Timer",)
-
-        def __init__(self, worker: Any, **kwargs: Any) -> None:
-            super().__init__(worker, **kwargs)
-            self.timer_entry: Any = None
-
-        def start(self, worker: Any) -> None:
-            self.timer_entry = worker.timer.call_repeatedly(settings.sweep_interval, self.run)
-
-        def stop(self, worker: Any) -> None:
-            if self.timer_entry is not None:
-                self.timer_entry.cancel()
-
-        def run(self) -> None:
-            try:
-                removed = sweep(
-                    settings.incoming_dir,
-                    settings.avatars_dir,
-                    settings.sweep_min_age,
-                    lambda job_id: job_is_over(client(), job_id),
-                )
-            except Exception:  # a failed sweep is tried again at the next tick
-                logger.exception("Sweeping leftover files failed")
-                return
-            if removed:
-                logger.info("Swept %d leftover files", len(removed))
-
-    return Sweeper

@@ -15,12 +15,13 @@ from jobql.jobs import (
     JobFailed,
     JobKind,
     JobState,
+    pending_key,
     record_key,
     utcnow,
 )
 from jobql.tasks.avatar import InvalidImage, make_avatar
+from jobql.tasks.housekeeping import housekeeping_step
 from jobql.tasks.mail import MailRejected, MailTemporarilyFailed, create_mail_app, send_welcome
-from jobql.tasks.sweep import sweeper_step
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -47,9 +48,17 @@ class JobTask(Task):  # type: ignore[type-arg]
             pipe.hsetnx(key, "started_at", utcnow().isoformat())
             pipe.hincrby(key, f"deliveries:{self.request.retries}", 1)
             pipe.expire(key, self.app.conf.result_expires)
-            _, attempt, _ = pipe.execute()
+            # Started: the broker holds the message now; recovery's copy is not needed.
+            pipe.zrem(pending_key(self.queue_name), task_id)
+            pipe.hdel(key, "message", "missing_since")
+            _, attempt, *_ = pipe.execute()
         self.request.attempt = attempt  # type: ignore[attr-defined]
         self.update_state(state=STARTED, meta={"attempt": attempt, "pid": os.getpid()})
+
+    @property
+    def queue_name(self) -> str:
+        delivery_info = self.request.delivery_info or {}
+        return str(delivery_info.get("routing_key") or DEFAULT_QUEUE)
 
     def report_progress(self, percent: int) -> None:
         self.update_state(
@@ -99,7 +108,7 @@ def create_worker_app(settings: Settings) -> Celery:
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
     )
-    app.steps["worker"].add(sweeper_step(settings, lambda: app.backend.client))  # type: ignore[attr-defined]
+    app.steps["worker"].add(housekeeping_step(settings, lambda: app.backend.client))  # type: ignore[attr-defined]
     mail_app = create_mail_app(settings)
 
     @app.task(
