@@ -118,7 +118,7 @@ async def test_soak_nothing_lost_under_worker_kills(make_stack: Callable[..., St
     web = stack.start_web()
     started = time.monotonic()
     kills: list[float] = []
-    killer = asyncio.create_task(kill_workers_at_random(stack, 20, kills))
+    killer = asyncio.create_task(kill_workers_at_random(stack, 12, kills))
 
     headers = {"Authorization": f"Bearer {token('soak', SCOPE_SEND_EMAIL)}"}
     limits = httpx.Limits(max_connections=SUBMITTERS)
