@@ -10,7 +10,7 @@ import pytest
 from PIL import Image, ImageCms
 
 from jobql.jobs import ImageFormat
-from jobql.tasks.avatar import Avatar, InvalidImage, make_avatar
+from jobql.tasks.avatar import Avatar, InvalidImage, existing_avatar, make_avatar
 from tests.images import is_blue, is_red, phone_photo, transparent_png, truncated_jpeg
 
 if TYPE_CHECKING:
@@ -430,3 +430,18 @@ def test_16_bit_greyscale_png_keeps_its_tone(tmp_path: Path, image_format: Image
         value = pixel(reopened.convert("RGB"), (16, 16))
     expected = round(30_000 / 65_535 * 255)
     assert all(abs(channel - expected) <= 10 for channel in value), value
+
+
+def test_existing_avatar_reads_back_a_finished_one(tmp_path: Path) -> None:
+    source = write(tmp_path, "photo.jpg", phone_photo(800, 600))
+    made = make_avatar(
+        source, tmp_path / "out" / "a.webp", 128, 80, ImageFormat.WEBP, max_pixels=10**8
+    )
+    again = existing_avatar(made.path, ImageFormat.WEBP)
+    assert again == made
+    assert existing_avatar(tmp_path / "out" / "missing.webp", ImageFormat.WEBP) is None
+
+
+def test_a_missing_source_is_not_taken_for_a_bad_image(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        make_avatar(tmp_path / "gone.jpg", tmp_path / "a.jpg", 64, 80, ImageFormat.JPEG, 10**8)

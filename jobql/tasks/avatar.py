@@ -48,7 +48,7 @@ def make_avatar(
     """
     image = _decode(source, size, max_pixels)
     progress(40)
-    square = ImageOps.fit(image, (size, size), method=Image.Resampling.LANCZOS)
+    square = _centre_square(image, size)
     progress(70)
     clean = _without_metadata(square, image_format)
     destination.parent.mkdir(parents=True, exist_ok=True)
@@ -71,6 +71,16 @@ def make_avatar(
     )
 
 
+def existing_avatar(path: Path, image_format: ImageFormat) -> Avatar | None:
+    """The avatar an earlier delivery of the same job finished, if there is one."""
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+        return Avatar(path, width, height, path.stat().st_size, image_format)
+    except (OSError, UnidentifiedImageError):
+        return None
+
+
 def _decode(source: Path, size: int, max_pixels: int) -> Image.Image:
     """Decode the image upright, at the smallest scale that still covers a `size` square."""
     with warnings.catch_warnings():
@@ -84,7 +94,7 @@ def _decode(source: Path, size: int, max_pixels: int) -> Image.Image:
                     opened.draft("RGB", _draft_box(opened.size, size))
                 opened.load()
                 return _eight_bit(ImageOps.exif_transpose(opened))
-        except InvalidImage:
+        except (InvalidImage, FileNotFoundError):
             raise
         except (
             UnidentifiedImageError,
@@ -95,6 +105,20 @@ def _decode(source: Path, size: int, max_pixels: int) -> Image.Image:
             SyntaxError,
         ) as exc:
             raise InvalidImage(f"The file is not a readable image: {exc}") from exc
+
+
+def _centre_square(image: Image.Image, size: int) -> Image.Image:
+    """Crop the centred square and scale it to `size` in one resize: with `reducing_gap`,
+    Pillow first shrinks by a whole factor, cheaply, then resamples what is left."""
+    width, height = image.size
+    side = min(width, height)
+    left, top = (width - side) / 2, (height - side) / 2
+    return image.resize(
+        (size, size),
+        Image.Resampling.LANCZOS,
+        box=(left, top, left + side, top + side),
+        reducing_gap=2.0,
+    )
 
 
 def _eight_bit(image: Image.Image) -> Image.Image:

@@ -52,8 +52,14 @@ def send_welcome(
     recipient: str,
     username: str,
     progress: Callable[[int], None] = lambda percent: None,
+    on_accepted: Callable[[str], None] = lambda message_id: None,
 ) -> str:
-    """Send the welcome email; return its Message-ID."""
+    """Send the welcome email; return its Message-ID.
+
+    `on_accepted` is called as soon as the server has accepted the message, before
+    the connection is closed: the sooner a send is recorded, the smaller the window
+    in which a dying worker leaves it unrecorded.
+    """
     with app.app_context():
         site_name = app.config["SITE_NAME"]
         message = Message(
@@ -68,6 +74,7 @@ def send_welcome(
             with TimedConnection(app.extensions["mail"], app.config["MAIL_TIMEOUT"]) as connection:
                 progress(60)
                 connection.send(message)
+                on_accepted(message.msgId)
         except smtplib.SMTPRecipientsRefused as exc:
             codes = [code for code, _ in exc.recipients.values()]
             if all(400 <= code < 500 for code in codes):

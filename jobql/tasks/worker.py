@@ -19,7 +19,7 @@ from jobql.jobs import (
     record_key,
     utcnow,
 )
-from jobql.tasks.avatar import InvalidImage, make_avatar
+from jobql.tasks.avatar import InvalidImage, existing_avatar, make_avatar
 from jobql.tasks.housekeeping import housekeeping_step
 from jobql.tasks.mail import MailRejected, MailTemporarilyFailed, create_mail_app, send_welcome
 
@@ -123,17 +123,24 @@ def create_worker_app(settings: Settings) -> Celery:
         incoming = settings.incoming_dir / Path(incoming_name).name
         fmt = ImageFormat(image_format)
         name = f"{self.request.id}.{fmt.extension}"
+        destination = settings.avatars_dir / name
         try:
             self.refuse_poison()
-            made = make_avatar(
-                incoming,
-                settings.avatars_dir / name,
-                size=size,
-                quality=quality,
-                image_format=fmt,
-                max_pixels=settings.max_image_pixels,
-                progress=self.report_progress,
-            )
+            made = existing_avatar(destination, fmt) if not incoming.exists() else None
+            if made is None:
+                made = make_avatar(
+                    incoming,
+                    destination,
+                    size=size,
+                    quality=quality,
+                    image_format=fmt,
+                    max_pixels=settings.max_image_pixels,
+                    progress=self.report_progress,
+                )
+        except FileNotFoundError:
+            raise JobFailed(
+                "UPLOAD_LOST", "The uploaded file is gone; upload it again.", retryable=True
+            ) from None
         except InvalidImage as exc:
             raise JobFailed("INVALID_IMAGE", str(exc), retryable=False) from None
         finally:
@@ -160,7 +167,9 @@ def create_worker_app(settings: Settings) -> Celery:
         if marker.already_sent():
             return {"recipient": recipient, "message_id": marker.message_id()}
         try:
-            message_id = send_welcome(mail_app, job_id, recipient, username, self.report_progress)
+            message_id = send_welcome(
+                mail_app, job_id, recipient, username, self.report_progress, marker.confirm
+            )
         except MailRejected as exc:
             marker.forget()
             raise JobFailed("SMTP_REJECTED", f"The mail server refused: {exc}.") from None
@@ -172,7 +181,6 @@ def create_worker_app(settings: Settings) -> Celery:
                     "SMTP_UNAVAILABLE", f"Gave up after {retries + 1} tries: {exc}.", True
                 ) from None
             raise self.retry(countdown=settings.mail_retry_backoff * 2**retries) from exc
-        marker.confirm(message_id)
         return {"recipient": recipient, "message_id": message_id}
 
     return app
