@@ -1,10 +1,13 @@
-# One venv, a few targets. `make run` and `make test` work on a fresh machine with only Python.
+# One venv, a few targets. `make run` and `make test` work on a fresh machine with only Python
+# (`make test` also installs Node packages and Chromium for the browser and client tests).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
+NODE_INSTALLED := node_modules/.installed
+ASSETS := jobql/static/vendor/.built
 
-.PHONY: install run test check bench fmt clean
+.PHONY: install assets system-packages run test check bench fmt clean
 
 install: $(INSTALLED)
 
@@ -14,10 +17,29 @@ $(INSTALLED): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
 
+# GraphiQL's and the job page's scripts, served by jobql itself (without them the
+# pages fall back to a CDN).
+assets: $(ASSETS)
+
+$(NODE_INSTALLED): package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+$(ASSETS): $(NODE_INSTALLED) scripts/build-assets.mjs
+	node scripts/build-assets.mjs
+	touch $@
+
+# What pip cannot provide: Chromium for the browser test, wrk for the benchmarks.
+system-packages:
+	@command -v chromium >/dev/null && command -v wrk >/dev/null || \
+		{ apt-get update -qq && apt-get install -y -qq chromium wrk >/dev/null; }
+
 run: install
+	@command -v npm >/dev/null && $(MAKE) --no-print-directory assets || \
+		echo "npm not found: GraphiQL will load its scripts from a CDN"
 	$(BIN)/jobql dev
 
-test: check
+test: check assets system-packages
 	$(BIN)/pytest
 
 check: install
@@ -25,9 +47,12 @@ check: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+bench: install assets system-packages
+	$(BIN)/python -m bench
+
 fmt: install
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) node_modules jobql/static/vendor .mypy_cache .ruff_cache .pytest_cache

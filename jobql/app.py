@@ -4,12 +4,19 @@ from __future__ import annotations
 
 from contextlib import asynccontextmanager
 from datetime import timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 from starlette.requests import HTTPConnection  # noqa: TC002 (FastAPI reads it at run time)
-from starlette.responses import JSONResponse
+from starlette.responses import FileResponse, JSONResponse
 from starlette.staticfiles import StaticFiles
+from strawberry.subscriptions import (
+    GRAPHQL_SSE_PROTOCOL,
+    GRAPHQL_TRANSPORT_WS_PROTOCOL,
+    GRAPHQL_WS_PROTOCOL,
+    MULTIPART_SUBSCRIPTION_PROTOCOL,
+)
 
 from jobql.connections import create_redis
 from jobql.graphql_router import JobqlRouter
@@ -28,12 +35,25 @@ if TYPE_CHECKING:
     from starlette.requests import Request
 
 AVATARS_PATH = "/media/avatars"
+STATIC_DIR = Path(__file__).parent / "static"
+# WebSocket (both protocols), Server-Sent Events and multipart HTTP, for every kind of client.
+SUBSCRIPTION_PROTOCOLS = (
+    GRAPHQL_TRANSPORT_WS_PROTOCOL,
+    GRAPHQL_WS_PROTOCOL,
+    GRAPHQL_SSE_PROTOCOL,
+    MULTIPART_SUBSCRIPTION_PROTOCOL,
+)
 MAX_JSON_BODY_BYTES = 256 * 1024
 
 
 async def healthz() -> dict[str, str]:
     """The process is up and serving (says nothing of Redis or the workers)."""
     return {"status": "ok"}
+
+
+async def job_page() -> FileResponse:
+    """A page that uploads a photo and shows its job happen, through the public API."""
+    return FileResponse(STATIC_DIR / "index.html")
 
 
 async def form_rejected(request: Request, exc: Exception) -> JSONResponse:
@@ -70,6 +90,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         build_schema(introspection=settings.introspection),
         context_getter=get_context,
         multipart_uploads_enabled=True,
+        subscription_protocols=SUBSCRIPTION_PROTOCOLS,
         connection_init_wait_timeout=timedelta(seconds=settings.ws_init_timeout),
         incoming_dir=settings.incoming_dir,
         upload_limits=FormLimits(max_file_bytes=settings.max_upload_bytes),
@@ -78,6 +99,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(graphql, prefix="/graphql")
     app.add_api_route("/healthz", healthz, include_in_schema=False)
     app.mount(AVATARS_PATH, StaticFiles(directory=settings.avatars_dir), name="avatars")
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    app.add_api_route("/", job_page, include_in_schema=False)
     app.add_exception_handler(FormRejected, form_rejected)
     app.add_middleware(
         RequestGuard,
