@@ -20,6 +20,8 @@ from strawberry.subscriptions import (
 
 from jobql.connections import create_redis
 from jobql.graphql_router import JobqlRouter
+from jobql.health import Health, healthz
+from jobql.logs import configure_logging, route_uvicorn_logs_to_root
 from jobql.multipart import FormLimits, FormRejected
 from jobql.rate_limit import MutationRateLimit
 from jobql.request_guard import RequestGuard
@@ -46,11 +48,6 @@ SUBSCRIPTION_PROTOCOLS = (
 MAX_JSON_BODY_BYTES = 256 * 1024
 
 
-async def healthz() -> dict[str, str]:
-    """The process is up and serving (says nothing of Redis or the workers)."""
-    return {"status": "ok"}
-
-
 async def job_page() -> FileResponse:
     """A page that uploads a photo and shows its job happen, through the public API."""
     return FileResponse(STATIC_DIR / "index.html")
@@ -66,6 +63,8 @@ async def form_rejected(request: Request, exc: Exception) -> JSONResponse:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     secret_key = settings.require_secret_key()
+    configure_logging(settings.log_json)
+    route_uvicorn_logs_to_root()
     redis = create_redis(settings)
     services = Services(
         settings=settings,
@@ -97,7 +96,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app = FastAPI(title="jobql", lifespan=lifespan)
     app.include_router(graphql, prefix="/graphql")
+    health = Health(redis, services.watcher)
     app.add_api_route("/healthz", healthz, include_in_schema=False)
+    app.add_api_route("/readyz", health.readyz, include_in_schema=False)
+    app.add_api_route("/metrics", health.metrics, include_in_schema=False)
     app.mount(AVATARS_PATH, StaticFiles(directory=settings.avatars_dir), name="avatars")
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.add_api_route("/", job_page, include_in_schema=False)

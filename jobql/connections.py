@@ -32,3 +32,8 @@ def create_redis(settings: Settings) -> Redis:
         retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
     )
     return Redis(connection_pool=pool)
+
+
+def text(value: bytes | str) -> str:
+    """A Redis reply as text (replies are bytes unless a client decodes them)."""
+    return value.decode() if isinstance(value, bytes) else value

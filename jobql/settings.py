@@ -39,6 +39,7 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(default=25 * 1024 * 1024, gt=0)
     max_image_pixels: int = Field(default=64_000_000, gt=0)
     introspection: bool = False
+    log_json: bool = Field(default=False, description="Log one JSON object a line")
     rate_limit_per_minute: int = Field(
         default=120, ge=0, description="Mutations per user per minute; 0 turns the limit off"
     )

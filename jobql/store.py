@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from jobql.connections import text
 from jobql.jobs import (
     DEFAULT_QUEUE,
     JobKind,
@@ -20,6 +21,7 @@ from jobql.jobs import (
     utcnow,
 )
 from jobql.messages import task_message
+from jobql.stats import STATS_KEY, accepted_field
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -32,17 +34,19 @@ NO_SUCH_JOB = "00000000-0000-0000-0000-000000000000"
 
 # Atomically: unless KEYS[1] (a dedupe key, when given) names an earlier job, claim it,
 # write the job record (with a copy of the message, kept until a worker starts the job),
-# note the job as pending and queue the task message. Returns the earlier job's id, or false.
+# note the job as pending, queue the task message and count it as accepted. Returns the
+# earlier job's id, or false.
 ENQUEUE_SCRIPT = """
 if KEYS[1] ~= '' then
   local earlier = redis.call('GET', KEYS[1])
   if earlier then return earlier end
   redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 end
-redis.call('HSET', KEYS[2], 'message', ARGV[4], unpack(ARGV, 6))
+redis.call('HSET', KEYS[2], 'message', ARGV[4], unpack(ARGV, 7))
 redis.call('EXPIRE', KEYS[2], ARGV[3])
 redis.call('ZADD', KEYS[4], ARGV[5], ARGV[1])
 redis.call('LPUSH', KEYS[3], ARGV[4])
+redis.call('HINCRBY', KEYS[5], ARGV[6], 1)
 return false
 """
 
@@ -95,6 +99,7 @@ class JobStore:
                 record_key(job_id),
                 self.queue,
                 pending_key(self.queue),
+                STATS_KEY,
             ],
             args=[
                 job_id,
@@ -102,11 +107,12 @@ class JobStore:
                 self.result_expires,
                 message,
                 (eta or created_at).timestamp(),
+                accepted_field(kind.value),
                 *(part for pair in record.items() for part in pair),
             ],
         )
         if earlier:
-            raise AlreadyQueued(_text(earlier))
+            raise AlreadyQueued(text(earlier))
         return snapshot(job_id, record, None)
 
     async def get(self, job_id: str, owner: str) -> JobSnapshot | None:
@@ -131,8 +137,4 @@ class JobStore:
 
 
 def _decode(raw: Mapping[bytes | str, bytes | str]) -> dict[str, str]:
-    return {_text(key): _text(value) for key, value in raw.items()}
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+    return {text(key): text(value) for key, value in raw.items()}

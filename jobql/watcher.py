@@ -55,6 +55,11 @@ class JobWatcher:
     def channels(self) -> int:
         return len(self._queues)
 
+    @property
+    def watches(self) -> int:
+        """Open watches (one per subscription), over however many channels."""
+        return sum(len(listeners) for listeners in self._queues.values())
+
     @contextlib.asynccontextmanager
     async def watch(self, channel: str) -> AsyncIterator[asyncio.Queue[Event]]:
         """Yield a queue of the channel's messages, once Redis has confirmed the subscription.

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 from celery import bootsteps
 
+from jobql.stats import HEARTBEAT_SECONDS, WORKERS_KEY
 from jobql.tasks.recovery import recover_lost_jobs
 from jobql.tasks.sweep import job_is_over, sweep
 
@@ -29,9 +31,13 @@ def housekeeping_step(
         def __init__(self, worker: Any, **kwargs: Any) -> None:
             super().__init__(worker, **kwargs)
             self.timer_entries: list[Any] = []
+            self.worker_name = ""
 
         def start(self, worker: Any) -> None:
+            self.worker_name = str(worker.hostname)
+            self.heartbeat()
             self.timer_entries = [
+                worker.timer.call_repeatedly(HEARTBEAT_SECONDS, self.heartbeat),
                 worker.timer.call_repeatedly(settings.sweep_interval, self.sweep),
                 worker.timer.call_repeatedly(settings.recover_after / 2, self.recover),
             ]
@@ -39,6 +45,21 @@ def housekeeping_step(
         def stop(self, worker: Any) -> None:
             for entry in self.timer_entries:
                 entry.cancel()
+            try:
+                client().zrem(WORKERS_KEY, self.worker_name)
+            except Exception:  # the worker is going away either way
+                logger.warning("Could not take this worker off the list of live workers")
+
+        def heartbeat(self) -> None:
+            """Say this worker is alive (what /readyz counts)."""
+            now = time.time()
+            try:
+                with client().pipeline(transaction=False) as pipe:
+                    pipe.zadd(WORKERS_KEY, {self.worker_name: now})
+                    pipe.zremrangebyscore(WORKERS_KEY, "-inf", now - 3600)
+                    pipe.execute()
+            except Exception:  # tried again at the next beat
+                logger.warning("Worker heartbeat failed")
 
         def sweep(self) -> None:
             try:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from celery import Celery, Task
+from celery import Celery, Task, signals
 from celery.states import STARTED
 
 from jobql.jobs import (
@@ -19,6 +20,8 @@ from jobql.jobs import (
     record_key,
     utcnow,
 )
+from jobql.logs import configure_logging, current_job_id
+from jobql.stats import STATS_KEY, finished_increments
 from jobql.tasks.avatar import InvalidImage, existing_avatar, make_avatar
 from jobql.tasks.housekeeping import housekeeping_step
 from jobql.tasks.mail import MailRejected, MailTemporarilyFailed, create_mail_app, send_welcome
@@ -53,7 +56,21 @@ class JobTask(Task):  # type: ignore[type-arg]
             pipe.hdel(key, "message", "missing_since")
             _, attempt, *_ = pipe.execute()
         self.request.attempt = attempt  # type: ignore[attr-defined]
+        self.request.started = time.monotonic()  # type: ignore[attr-defined]
         self.update_state(state=STARTED, meta={"attempt": attempt, "pid": os.getpid()})
+
+    def after_return(
+        self, status: str, retval: Any, task_id: str, args: Any, kwargs: Any, einfo: Any
+    ) -> None:
+        """Count a finished job and its run time (a retry is not finished)."""
+        if status not in (JobState.SUCCESS, JobState.FAILURE):
+            return
+        seconds = time.monotonic() - getattr(self.request, "started", time.monotonic())
+        kind = str(self.name).removeprefix("jobql.")
+        with self.redis.pipeline(transaction=False) as pipe:
+            for field, amount in finished_increments(kind, status, seconds).items():
+                pipe.hincrbyfloat(STATS_KEY, field, amount)
+            pipe.execute()
 
     @property
     def queue_name(self) -> str:
@@ -79,6 +96,7 @@ class JobTask(Task):  # type: ignore[type-arg]
 
 def create_worker_app(settings: Settings) -> Celery:
     app = Celery("jobql", broker=settings.redis_url, backend=settings.redis_url)
+    _log_with_job_ids(settings)
     visibility = settings.visibility_timeout
     app.conf.update(
         accept_content=["json"],
@@ -220,3 +238,20 @@ class SendOnce:
 
     def forget(self) -> None:
         self.redis.delete(self.key)
+
+
+def _log_with_job_ids(settings: Settings) -> None:
+    """Take over Celery's logging setup, and tag each line a task logs with its job id."""
+
+    def setup_logging(**kwargs: Any) -> None:
+        configure_logging(settings.log_json)
+
+    def task_started(task_id: str, **kwargs: Any) -> None:
+        current_job_id.set(task_id)
+
+    def task_ended(**kwargs: Any) -> None:
+        current_job_id.set(None)
+
+    signals.setup_logging.connect(setup_logging, weak=False)
+    signals.task_prerun.connect(task_started, weak=False)
+    signals.task_postrun.connect(task_ended, weak=False)
