@@ -1,10 +1,18 @@
 # One image for the web server and the worker.
-FROM python:3.11-slim
+FROM node:20-slim AS assets
+WORKDIR /build
+COPY package.json package-lock.json ./
+RUN npm ci --no-audit --no-fund
+COPY scripts ./scripts
+RUN mkdir -p jobql/static && node scripts/build-assets.mjs
 
+FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY jobql ./jobql
+# GraphiQL's and the job page's scripts, so the pages work without a CDN.
+COPY --from=assets /build/jobql/static/vendor ./jobql/static/vendor
 RUN pip install --no-cache-dir . \
     && useradd --create-home --uid 10001 jobql \
     && mkdir -p /data/media && chown jobql /data/media

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import gc
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 from fastapi import FastAPI
-from starlette.requests import HTTPConnection  # noqa: TC002 (FastAPI reads it at run time)
 from starlette.responses import FileResponse, JSONResponse
 from starlette.staticfiles import StaticFiles
 from strawberry.subscriptions import (
@@ -18,14 +18,15 @@ from strawberry.subscriptions import (
     MULTIPART_SUBSCRIPTION_PROTOCOL,
 )
 
+from jobql.auth import TokenVerifier
 from jobql.connections import create_redis
-from jobql.graphql_router import JobqlRouter
+from jobql.graphql_app import JobqlGraphQL
 from jobql.health import Health, healthz
 from jobql.logs import configure_logging, route_uvicorn_logs_to_root
 from jobql.multipart import FormLimits, FormRejected
 from jobql.rate_limit import MutationRateLimit
 from jobql.request_guard import RequestGuard
-from jobql.resolvers.context import Context, Services
+from jobql.resolvers.context import Services
 from jobql.schema import build_schema
 from jobql.settings import Settings
 from jobql.store import JobStore
@@ -46,6 +47,9 @@ SUBSCRIPTION_PROTOCOLS = (
     MULTIPART_SUBSCRIPTION_PROTOCOL,
 )
 MAX_JSON_BODY_BYTES = 256 * 1024
+# A request allocates thousands of short-lived objects; the default (700) runs the
+# collector every few requests.
+GC_THRESHOLD = 20_000
 
 
 async def job_page() -> FileResponse:
@@ -68,7 +72,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     redis = create_redis(settings)
     services = Services(
         settings=settings,
-        secret_key=secret_key,
+        tokens=TokenVerifier(secret_key),
         store=JobStore(redis, result_expires=settings.result_expires),
         watcher=JobWatcher(settings.redis_url, timeout=settings.redis_timeout),
         rate_limit=MutationRateLimit(redis, settings.redis_url, settings.rate_limit_per_minute),
@@ -78,16 +82,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # What start-up built lives as long as the process: keep the collector from
+        # walking it again and again (collections of it are what long pauses are made of).
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(GC_THRESHOLD, *gc.get_threshold()[1:])
         yield
         await services.watcher.close()
         await redis.aclose()
 
-    async def get_context(connection: HTTPConnection) -> Context:
-        return Context(services, connection.headers.get("authorization"))
-
-    graphql = JobqlRouter(
+    graphql = JobqlGraphQL(
         build_schema(introspection=settings.introspection),
-        context_getter=get_context,
+        services=services,
         multipart_uploads_enabled=True,
         subscription_protocols=SUBSCRIPTION_PROTOCOLS,
         connection_init_wait_timeout=timedelta(seconds=settings.ws_init_timeout),
@@ -95,7 +101,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         upload_limits=FormLimits(max_file_bytes=settings.max_upload_bytes),
     )
     app = FastAPI(title="jobql", lifespan=lifespan)
-    app.include_router(graphql, prefix="/graphql")
+    # Starlette takes an ASGI app for an endpoint; the type hints only name functions.
+    endpoint = cast("Any", graphql)
+    app.router.add_route("/graphql", endpoint, methods=["GET", "POST"], include_in_schema=False)
+    app.router.add_websocket_route("/graphql", endpoint)
     health = Health(redis, services.watcher)
     app.add_api_route("/healthz", healthz, include_in_schema=False)
     app.add_api_route("/readyz", health.readyz, include_in_schema=False)

@@ -1,12 +1,30 @@
-"""The `jobql` command: web, worker, token, schema and dev."""
+"""The `jobql` command: web, worker, token, schema and dev; and a client of a running server
+(upload-avatar, send-welcome, jobs get)."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from jobql.settings import MissingSecretKey, Settings
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from rich.console import Console
+
+    from jobql.client import JobData, JobqlClient
+
+# How a client command ended: its exit status.
+EXIT_OK = 0  # SUCCESS, or (without --wait) accepted
+EXIT_JOB_FAILED = 1  # FAILURE or REVOKED; `jobs get` of no such job
+EXIT_USAGE = 2  # bad arguments, or a GraphQL error the server answered with
+EXIT_UNAVAILABLE = 3  # cannot connect, or SERVICE_UNAVAILABLE
+IMAGE_FORMATS = ("JPEG", "WEBP", "PNG")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,6 +47,12 @@ def _parser() -> argparse.ArgumentParser:
     web.add_argument("--host", default="127.0.0.1")
     web.add_argument("--port", type=int, default=8000)
     web.add_argument("--workers", type=int, default=1)
+    web.add_argument(
+        "--access-log",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="log every request (default: on)",
+    )
     web.set_defaults(run=_web)
 
     worker = commands.add_parser(
@@ -55,7 +79,46 @@ def _parser() -> argparse.ArgumentParser:
     dev.add_argument("--host", default="127.0.0.1")
     dev.add_argument("--port", type=int, default=8000)
     dev.set_defaults(run=_dev)
+
+    upload = commands.add_parser(
+        "upload-avatar", help="upload a photo to a running server, to become a square avatar"
+    )
+    upload.add_argument("photo", type=Path, help="the photo (JPEG, PNG, WebP or GIF)")
+    upload.add_argument("--size", type=int, default=None, help="side in pixels, 32..1024 (256)")
+    upload.add_argument(
+        "--format", dest="image_format", type=str.upper, choices=IMAGE_FORMATS, default=None
+    )
+    _client_options(upload)
+    upload.set_defaults(run=_upload_avatar)
+
+    welcome = commands.add_parser(
+        "send-welcome", help="queue a welcome email on a running server (scope email:send)"
+    )
+    welcome.add_argument("email")
+    welcome.add_argument("username")
+    _client_options(welcome)
+    welcome.set_defaults(run=_send_welcome)
+
+    jobs = commands.add_parser("jobs", help="look at jobs on a running server")
+    jobs_commands = jobs.add_subparsers(dest="jobs_command", metavar="{get}", required=True)
+    get = jobs_commands.add_parser("get", help="print a job as JSON (exit 1 if there is none)")
+    get.add_argument("id", help="the job's id")
+    _client_options(get, wait=False)
+    get.set_defaults(run=_jobs_get)
     return parser
+
+
+def _client_options(parser: argparse.ArgumentParser, wait: bool = True) -> None:
+    parser.add_argument(
+        "--url",
+        default=None,
+        help="the GraphQL API (default: $JOBQL_URL, else http://127.0.0.1:8000/graphql)",
+    )
+    parser.add_argument("--token", default=None, help="bearer token (default: $JOBQL_TOKEN)")
+    if wait:
+        parser.add_argument(
+            "--wait", action="store_true", help="follow the job until it ends, then print how"
+        )
 
 
 def _web(args: argparse.Namespace, extra: list[str]) -> int:
@@ -63,7 +126,12 @@ def _web(args: argparse.Namespace, extra: list[str]) -> int:
 
     Settings().require_secret_key()
     uvicorn.run(
-        "jobql.app:create_app", factory=True, host=args.host, port=args.port, workers=args.workers
+        "jobql.app:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        access_log=args.access_log,
     )
     return 0
 
@@ -96,3 +164,168 @@ def _dev(args: argparse.Namespace, extra: list[str]) -> int:
     from jobql.dev import run_dev
 
     return run_dev(args.host, args.port)
+
+
+def _upload_avatar(args: argparse.Namespace, extra: list[str]) -> int:
+    photo: Path = args.photo
+    try:
+        with photo.open("rb"):
+            pass
+    except OSError as exc:
+        print(f"jobql {args.command}: cannot read {photo}: {exc.strerror}", file=sys.stderr)
+        return EXIT_USAGE
+
+    async def run(client: JobqlClient) -> int:
+        job = await client.upload_avatar(photo, size=args.size, image_format=args.image_format)
+        return await _accepted(client, job, args.wait)
+
+    return _run_client(args, run)
+
+
+def _send_welcome(args: argparse.Namespace, extra: list[str]) -> int:
+    async def run(client: JobqlClient) -> int:
+        job = await client.send_welcome(args.email, args.username)
+        return await _accepted(client, job, args.wait)
+
+    return _run_client(args, run)
+
+
+def _jobs_get(args: argparse.Namespace, extra: list[str]) -> int:
+    import json
+
+    async def run(client: JobqlClient) -> int:
+        job = await client.get_job(args.id)
+        if job is None:
+            print(
+                f"jobql jobs get: no job {args.id} (none such, expired, or not yours)",
+                file=sys.stderr,
+            )
+            return EXIT_JOB_FAILED
+        print(json.dumps(job, indent=2))
+        return EXIT_OK
+
+    return _run_client(args, run)
+
+
+def _run_client(args: argparse.Namespace, run: Callable[[JobqlClient], Awaitable[int]]) -> int:
+    """Run one client command against the server; map how it ended to the exit status."""
+    import asyncio
+
+    from jobql.client import (
+        DEFAULT_URL,
+        SERVICE_UNAVAILABLE,
+        ApiError,
+        ClientError,
+        JobqlClient,
+        Unreachable,
+    )
+
+    name = " ".join(filter(None, ["jobql", args.command, getattr(args, "jobs_command", None)]))
+    url = args.url or os.environ.get("JOBQL_URL") or DEFAULT_URL
+    token = args.token or os.environ.get("JOBQL_TOKEN") or None
+
+    async def main() -> int:
+        async with JobqlClient(url, token) as client:
+            return await run(client)
+
+    try:
+        return asyncio.run(main())
+    except ApiError as exc:
+        print(f"{name}: {exc.code}: {exc.message}{_retry_hint(exc.extensions)}", file=sys.stderr)
+        return EXIT_UNAVAILABLE if exc.code == SERVICE_UNAVAILABLE else EXIT_USAGE
+    except Unreachable as exc:
+        print(f"{name}: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    except ClientError as exc:
+        print(f"{name}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"{name}: interrupted (a job already queued goes on)", file=sys.stderr)
+        return 130
+
+
+def _retry_hint(extensions: dict[str, Any]) -> str:
+    retry_after = extensions.get("retryAfter")
+    return f" (retry after {retry_after} s)" if retry_after is not None else ""
+
+
+async def _accepted(client: JobqlClient, job: JobData, wait: bool) -> int:
+    """Print the job the server accepted; with `wait`, follow it and print how it ended."""
+    print(f"job {job['id']} {job['state']}", flush=True)
+    if not wait:
+        return EXIT_OK
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    final = await _follow(client, job, console)
+    if final is not job:
+        print(f"job {final['id']} {final['state']}")
+    return _report(client, final)
+
+
+async def _follow(client: JobqlClient, job: JobData, console: Console) -> JobData:
+    """Follow the job's subscription with a progress bar (on stderr) until it is done."""
+    from contextlib import aclosing
+
+    from rich.progress import (
+        BarColumn,
+        Progress,
+        SpinnerColumn,
+        TaskProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    final = job
+    columns = (
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console) as progress:
+        bar = progress.add_task(_describe(job), total=None)
+        async with aclosing(client.follow(str(job["id"]))) as events:
+            async for final in events:
+                percent = final.get("progress")
+                if final["state"] == "SUCCESS":
+                    percent = 100
+                progress.update(
+                    bar,
+                    description=_describe(final),
+                    total=None if percent is None else 100,
+                    completed=percent or 0,
+                )
+                if final["done"]:
+                    break
+    return final
+
+
+def _describe(job: JobData) -> str:
+    return f"{str(job['kind']).lower().replace('_', ' ')} {job['state']}"
+
+
+def _report(client: JobqlClient, job: JobData) -> int:
+    """Print a finished job's result (stdout) or error (stderr); its exit status."""
+    if not job["done"]:
+        print(f"job {job['id']}: the server stopped sending before it ended", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    result = job.get("result") or {}
+    if job["state"] == "SUCCESS":
+        if result.get("__typename") == "AvatarResult":
+            print(f"avatar: {client.absolute_url(result['url'])}")
+            print(
+                f"size: {result['width']}x{result['height']} {result['format']}, "
+                f"{result['sizeBytes']} bytes"
+            )
+        elif result.get("__typename") == "EmailResult":
+            print(f"message-id: {result['messageId']}")
+            print(f"recipient: {result['recipient']}")
+        return EXIT_OK
+    error = job.get("error") or {}
+    retry = " (it may succeed if tried again)" if error.get("retryable") else ""
+    code = error.get("code", job["state"])
+    message = error.get("message", "the job did not succeed")
+    print(f"error: {code}: {message}{retry}", file=sys.stderr)
+    return EXIT_JOB_FAILED

@@ -26,6 +26,7 @@ def create_redis(settings: Settings) -> Redis:
     pool = BlockingConnectionPool.from_url(
         settings.redis_url,
         max_connections=POOL_SIZE,
+        client_name="jobql-web",
         timeout=settings.redis_timeout,
         socket_connect_timeout=settings.redis_timeout,
         socket_timeout=settings.redis_timeout,

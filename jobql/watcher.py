@@ -38,6 +38,7 @@ class JobWatcher:
             # RESP2: pub/sub messages arrive as ordinary replies, not RESP3 push frames.
             redis_url,
             protocol=2,
+            client_name="jobql-watch",
             socket_connect_timeout=timeout,
             socket_keepalive=True,
         )

@@ -9,7 +9,7 @@ from gql.transport.httpx import HTTPXAsyncTransport
 from gql.transport.websockets import WebsocketsTransport
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncGenerator
 
     from tests.support import WebServer
 
@@ -61,7 +61,7 @@ async def execute(
     return result
 
 
-async def follow(client: Client, job_id: str) -> AsyncIterator[dict[str, Any]]:
+async def follow(client: Client, job_id: str) -> AsyncGenerator[dict[str, Any], None]:
     request = gql(JOB_SUBSCRIPTION)
     request.variable_values = {"id": job_id}
     async with client as session:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from redis.exceptions import RedisError
 from strawberry.fastapi import BaseContext
 
-from jobql.auth import InvalidToken, Principal, principal_from_authorization
+from jobql.auth import InvalidToken, Principal, TokenVerifier
 from jobql.errors import ServiceUnavailable, Unauthenticated
 from jobql.watcher import WatchLost
 
@@ -27,7 +27,7 @@ class Services:
     """Built once per web process and shared by every request."""
 
     settings: Settings
-    secret_key: str
+    tokens: TokenVerifier
     store: JobStore
     watcher: JobWatcher
     rate_limit: MutationRateLimit
@@ -58,7 +58,7 @@ class Context(BaseContext):
 
     def authenticate(self, authorization: object) -> Principal:
         """Check credentials and remember who they name; raise `InvalidToken` if they are bad."""
-        self._principal = principal_from_authorization(self.services.secret_key, authorization)
+        self._principal = self.services.tokens.principal(authorization)
         return self._principal
 
     def principal(self) -> Principal:

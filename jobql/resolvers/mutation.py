@@ -51,7 +51,7 @@ async def upload_avatar(
     with redis_errors_as_unavailable():
         snapshot = await context.store.enqueue(JobKind.AVATAR, user_id, args, job_id=file.id)
     file.claimed = True
-    logger.info("Accepted an avatar job", extra={"job_id": snapshot.id})
+    logger.debug("Accepted an avatar job", extra={"job_id": snapshot.id})
     return Job.from_snapshot(snapshot)
 
 
@@ -77,7 +77,7 @@ async def send_welcome_email(
     with redis_errors_as_unavailable():
         await context.rate_limit.check(principal.user_id)
         snapshot = await _enqueue_welcome(context, principal.user_id, args, address, delay)
-    logger.info("Accepted a welcome email job", extra={"job_id": snapshot.id})
+    logger.debug("Accepted a welcome email job", extra={"job_id": snapshot.id})
     return Job.from_snapshot(snapshot)
 
 

@@ -6,24 +6,15 @@ from functools import partial
 from typing import TYPE_CHECKING
 
 import strawberry
-from strawberry.extensions import (
-    DisableIntrospection,
-    MaskErrors,
-    MaxAliasesLimiter,
-    MaxTokensLimiter,
-    ParserCache,
-    QueryDepthLimiter,
-    SchemaExtension,
-    ValidationCache,
-)
+from graphql import GraphQLError
+from strawberry.extensions import MaskErrors, SchemaExtension
 
 from jobql.errors import ApiError
 from jobql.resolvers import mutation, query, subscription
+from jobql.schema.documents import PreparedDocuments, limit_rules
 
 if TYPE_CHECKING:
     from collections.abc import Callable
-
-    from graphql import GraphQLError
 
 
 @strawberry.type
@@ -43,29 +34,20 @@ class Subscription:
 
 
 def is_unexpected(error: GraphQLError) -> bool:
-    """Errors raised by code, other than the ones meant for the caller, are masked."""
+    """Errors raised by code, other than the ones meant for the caller, are masked.
+
+    graphql-core's own errors (a variable of the wrong type, say) wrap a GraphQLError
+    and are meant for the caller too.
+    """
     original = error.original_error
-    return original is not None and not isinstance(original, ApiError)
-
-
-MAX_DEPTH = 8
-MAX_ALIASES = 10
-MAX_TOKENS = 1000
-CACHED_DOCUMENTS = 256
+    return original is not None and not isinstance(original, ApiError | GraphQLError)
 
 
 def build_schema(introspection: bool = True) -> strawberry.Schema:
     extensions: list[type[SchemaExtension] | Callable[[], SchemaExtension]] = [
         partial(MaskErrors, should_mask_error=is_unexpected),
-        partial(QueryDepthLimiter, max_depth=MAX_DEPTH),
-        partial(MaxAliasesLimiter, max_alias_count=MAX_ALIASES),
-        partial(MaxTokensLimiter, max_token_count=MAX_TOKENS),
-        # Clients send the same few documents again and again: parse and validate each once.
-        partial(ParserCache, maxsize=CACHED_DOCUMENTS),
-        partial(ValidationCache, maxsize=CACHED_DOCUMENTS),
+        partial(PreparedDocuments, limit_rules(introspection)),
     ]
-    if not introspection:
-        extensions.append(DisableIntrospection)
     return strawberry.Schema(
         query=Query, mutation=Mutation, subscription=Subscription, extensions=extensions
     )

@@ -1,0 +1,113 @@
+"""Load clients, run as a separate process: `python -m bench.clients subscribe|poll ...`.
+
+`subscribe` holds one graphql-transport-ws subscription per job id on one WebSocket
+each; `poll` asks the reference's status route every `interval` seconds per job. Both
+print `ready` once every client has its first answer, then one line per state change
+they learn of: `<job id> <progress> <unix time>`, and stop at end of input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import websockets
+
+SUBSCRIPTION = "subscription($id: ID!) { job(id: $id) { state progress } }"
+
+
+async def subscribe(
+    url: str, token: str, job_id: str, ready: asyncio.Event, out: list[str]
+) -> None:
+    async with websockets.connect(
+        url, subprotocols=[websockets.Subprotocol("graphql-transport-ws")], max_size=2**20
+    ) as ws:
+        await ws.send(
+            json.dumps({"type": "connection_init", "payload": {"Authorization": f"Bearer {token}"}})
+        )
+        await ws.recv()  # connection_ack
+        await ws.send(
+            json.dumps(
+                {
+                    "id": "1",
+                    "type": "subscribe",
+                    "payload": {"query": SUBSCRIPTION, "variables": {"id": job_id}},
+                }
+            )
+        )
+        first = True
+        async for raw in ws:
+            message = json.loads(raw)
+            if message["type"] != "next":
+                return
+            if first:
+                first = False
+                ready.set()
+                continue
+            job = message["payload"]["data"]["job"]
+            out.append(f"{job_id} {job['progress']} {time.time():.6f}")
+
+
+async def poll(
+    url: str,
+    job_id: str,
+    interval: float,
+    ready: asyncio.Event,
+    out: list[str],
+    client: httpx.AsyncClient,
+) -> None:
+    last = None
+    while True:
+        response = await client.get(f"{url}/api/status/{job_id}")
+        progress = response.json().get("progress")
+        if last is not None and progress != last:
+            out.append(f"{job_id} {progress} {time.time():.6f}")
+        if last is None:
+            ready.set()
+        last = progress if progress is not None else -1
+        await asyncio.sleep(interval)
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("mode", choices=["subscribe", "poll"])
+    parser.add_argument("url")
+    parser.add_argument("ids_file", type=Path)
+    parser.add_argument("--token", default="")
+    parser.add_argument("--interval", type=float, default=0.25)
+    args = parser.parse_args()
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    job_ids = args.ids_file.read_text().split()
+    out: list[str] = []
+    readies = [asyncio.Event() for _ in job_ids]
+    limits = httpx.Limits(max_connections=200)
+    async with httpx.AsyncClient(limits=limits, timeout=30) as client:
+        tasks = []
+        for n, (job_id, ready) in enumerate(zip(job_ids, readies, strict=True)):
+            if args.mode == "subscribe":
+                tasks.append(
+                    asyncio.create_task(subscribe(args.url, args.token, job_id, ready, out))
+                )
+                if n % 200 == 199:
+                    await asyncio.sleep(0.05)  # do not flood the accept queue
+            else:
+                tasks.append(
+                    asyncio.create_task(poll(args.url, job_id, args.interval, ready, out, client))
+                )
+        await asyncio.gather(*(ready.wait() for ready in readies))
+        print("ready", flush=True)
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+        print("\n".join(out), flush=True)
+        for task in tasks:
+            task.cancel()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,108 @@
+"""The benchmark table: every figure beside the reference's, as a ratio, with its target."""
+
+from __future__ import annotations
+
+from typing import Any
+
+Row = tuple[str, str, str, str, str, str]
+
+
+def table(f: dict[str, Any]) -> str:
+    rows = [*_enqueue(f["enqueue"]), *_uploads(f["upload_ack"]), *_freshness(f["freshness"])]
+    rows += [*_processing(f["processing"]), *_completion(f["completion"])]
+    head = "| measure | jobql | reference | jobql / reference | target | met |\n"
+    rule = "|---|---|---|---|---|---|\n"
+    return head + rule + "\n".join("| " + " | ".join(row) + " |" for row in rows)
+
+
+def _row(name: str, ours: float, theirs: float | None, unit: str, target: str, met: bool) -> Row:
+    ratio = f"{ours / theirs:.2f}x" if theirs else "-"
+    reference = f"{theirs:.1f} {unit}" if theirs is not None else "-"
+    return (name, f"{ours:.1f} {unit}", reference, ratio, target, "yes" if met else "**no**")
+
+
+def _enqueue(e: dict[str, Any]) -> list[Row]:
+    ours, theirs = e["jobql"], e["reference"]
+    void = ours["errors"] or ours["socket_errors"] or theirs["errors"] or theirs["socket_errors"]
+    note = " (VOID: errors in the run)" if void else ""
+    return [
+        _row(
+            f"1. enqueue sendWelcomeEmail, requests/s{note}",
+            ours["rps"], theirs["rps"], "req/s", ">= 1.5x",
+            ours["rps"] >= 1.5 * theirs["rps"] and not void,
+        ),
+        _row(
+            "1. enqueue latency p99",
+            ours["p99_ms"], theirs["p99_ms"], "ms", "<= 1.0x", ours["p99_ms"] <= theirs["p99_ms"],
+        ),
+    ]  # fmt: skip
+
+
+def _uploads(u: dict[str, Any]) -> list[Row]:
+    rows = []
+    for name, label, target in (("png_17mb", "17 MB PNG", 0.5), ("jpeg_12mp", "12 MP JPEG", 0.8)):
+        ours, theirs = u[name]["jobql"], u[name]["reference"]
+        rows.append(
+            _row(
+                f"2. upload answered, {label}, median "
+                f"(p90 {ours['p90_ms']:.0f} vs {theirs['p90_ms']:.0f} ms)",
+                ours["median_ms"], theirs["median_ms"], "ms", f"<= {target}x",
+                ours["median_ms"] <= target * theirs["median_ms"],
+            )
+        )  # fmt: skip
+    return rows
+
+
+def _freshness(fr: dict[str, Any]) -> list[Row]:
+    reference = fr["reference"]
+    rows = []
+    for count, figures in fr.items():
+        if count == "reference":
+            continue
+        limit = 5.0 if int(count) <= 1000 else 10.0
+        rows += [
+            _row(
+                f"3. status freshness p99, {count} subscriptions "
+                f"(reference: {reference['pollers']} clients polling every 250 ms)",
+                figures["p99_ms"], reference["p99_ms"], "ms", f"<= {limit:.0f} ms",
+                figures["p99_ms"] <= limit,
+            ),
+            _row(
+                f"4. memory per subscription, {count} open", figures["memory_per_subscription_kib"],
+                None, "KiB", "<= 50 KiB", figures["memory_per_subscription_kib"] <= 50,
+            ),
+            _row(
+                f"4. Redis connections of the web process, {count} open",
+                figures["redis_connections"], None, "", "<= 4", figures["redis_connections"] <= 4,
+            ),
+            _row(
+                f"4. Redis commands/s while no job changes, {count} open",
+                figures["idle_commands_per_second"], None, "/s", "0 (no polling)",
+                figures["idle_commands_per_second"] <= 0.5,
+            ),
+        ]  # fmt: skip
+    return rows
+
+
+def _processing(p: dict[str, Any]) -> list[Row]:
+    return [
+        _row(
+            f"5. avatar processing, {label} (jobql also orients, crops, strips metadata)",
+            p[name]["jobql_ms"], p[name]["reference_ms"], "ms", "<= 1.0x",
+            p[name]["jobql_ms"] <= p[name]["reference_ms"],
+        )
+        for name, label in (("jpeg_12mp", "12 MP JPEG"), ("png_17mb", "17 MB PNG"))
+    ]  # fmt: skip
+
+
+def _completion(c: dict[str, Any]) -> list[Row]:
+    ours, theirs = c["jobql"], c["reference"]
+    return [
+        _row(
+            f"6. {label} to completion, one worker of concurrency 2",
+            ours[key], theirs[key], "/s", ">= 1.0x", ours[key] >= theirs[key],
+        )
+        for key, label in (
+            ("emails_per_second", "welcome emails"), ("avatars_per_second", "avatars")
+        )
+    ]  # fmt: skip

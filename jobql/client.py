@@ -1,0 +1,350 @@
+"""An async client for a running jobql server.
+
+Mutations and the `job` query go over HTTP (an upload as a GraphQL multipart request, its
+file streamed from disk); the `job` subscription goes over WebSocket with the
+graphql-transport-ws protocol, the token in the `connection_init` payload.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import mimetypes
+from contextlib import aclosing
+from typing import TYPE_CHECKING, Any, Self, cast
+from urllib.parse import urljoin, urlsplit, urlunsplit
+
+import httpx
+from websockets.asyncio.client import connect
+from websockets.exceptions import (
+    ConnectionClosed,
+    InvalidHandshake,
+    InvalidStatus,
+    InvalidURI,
+)
+from websockets.typing import Subprotocol
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncGenerator
+    from pathlib import Path
+    from types import TracebackType
+
+    from websockets.asyncio.client import ClientConnection
+
+DEFAULT_URL = "http://127.0.0.1:8000/graphql"
+GRAPHQL_TRANSPORT_WS = Subprotocol("graphql-transport-ws")
+SERVICE_UNAVAILABLE = "SERVICE_UNAVAILABLE"
+UNAUTHENTICATED = "UNAUTHENTICATED"
+
+JOB_FIELDS = """
+    id kind state done progress createdAt startedAt finishedAt
+    result {
+        __typename
+        ... on AvatarResult { url width height sizeBytes format }
+        ... on EmailResult { recipient messageId }
+    }
+    error { code message retryable }
+"""
+JOB_QUERY = f"query Job($id: ID!) {{ job(id: $id) {{ {JOB_FIELDS} }} }}"
+JOB_SUBSCRIPTION = f"subscription FollowJob($id: ID!) {{ job(id: $id) {{ {JOB_FIELDS} }} }}"
+SEND_WELCOME = f"""
+mutation SendWelcome($email: String!, $username: String!, $delaySeconds: Int! = 0) {{
+    sendWelcomeEmail(email: $email, username: $username, delaySeconds: $delaySeconds) {{
+        {JOB_FIELDS}
+    }}
+}}"""
+UPLOAD_AVATAR = f"""
+mutation UploadAvatar($file: Upload!, $options: AvatarOptions) {{
+    uploadAvatar(file: $file, options: $options) {{ {JOB_FIELDS} }}
+}}"""
+
+# A job as the API answers it: the fields of JOB_FIELDS, by their GraphQL names.
+JobData = dict[str, Any]
+
+# How often a dropped subscription is opened again before giving up, and the pause before
+# each attempt. The subscription starts with the job's current state, so nothing is missed.
+RECONNECT_DELAYS = (0.5, 1.0, 2.0, 4.0)
+
+
+class ClientError(Exception):
+    """Anything that stopped a request from getting an answer the caller can use."""
+
+
+class ApiError(ClientError):
+    """A GraphQL error the server answered with; `code` is its `extensions.code`."""
+
+    def __init__(self, code: str, message: str, extensions: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.extensions: dict[str, Any] = extensions or {"code": code}
+
+
+class Unreachable(ClientError):
+    """The server could not be reached, or went away before it answered."""
+
+
+class BadResponse(ClientError):
+    """The server answered, but not with a GraphQL response (a wrong URL, say)."""
+
+
+class InvalidUrl(ClientError, ValueError):
+    """The API URL is not an http(s) URL."""
+
+
+class _ConnectionLost(Exception):
+    """The subscription's WebSocket closed before the job was done; it may be opened again."""
+
+
+class JobqlClient:
+    """One server, one token. Use it as an async context manager."""
+
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        token: str | None = None,
+        *,
+        timeout: float = 60.0,
+        connect_timeout: float = 5.0,
+    ) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise InvalidUrl(f"not an http(s) URL: {url!r}")
+        self.url = url
+        self.token = token
+        self.connect_timeout = connect_timeout
+        self._http = httpx.AsyncClient(
+            timeout=httpx.Timeout(timeout, connect=connect_timeout),
+            headers={"Authorization": f"Bearer {token}"} if token else {},
+        )
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    @property
+    def ws_url(self) -> str:
+        parts = urlsplit(self.url)
+        scheme = "wss" if parts.scheme == "https" else "ws"
+        return urlunsplit((scheme, *parts[1:]))
+
+    def absolute_url(self, path: str) -> str:
+        """A URL the server gave as a path (an avatar's), made absolute against the API URL."""
+        return urljoin(self.url, path)
+
+    async def upload_avatar(
+        self, photo: Path, size: int | None = None, image_format: str | None = None
+    ) -> JobData:
+        """Upload `photo` (streamed from disk) to become an avatar; answers with the new job."""
+        options: dict[str, Any] = {}
+        if size is not None:
+            options["size"] = size
+        if image_format is not None:
+            options["format"] = image_format
+        operations = {
+            "query": UPLOAD_AVATAR,
+            "operationName": "UploadAvatar",
+            "variables": {"file": None, "options": options or None},
+        }
+        content_type = mimetypes.guess_type(photo.name)[0] or "application/octet-stream"
+        with photo.open("rb") as file:
+            data = await self._post(
+                data={
+                    "operations": json.dumps(operations),
+                    "map": json.dumps({"0": ["variables.file"]}),
+                },
+                files={"0": (_plain_filename(photo), file, content_type)},
+            )
+        return cast("JobData", data["uploadAvatar"])
+
+    async def send_welcome(self, email: str, username: str, delay_seconds: int = 0) -> JobData:
+        """Queue a welcome email (needs the `email:send` scope); answers with the job."""
+        variables = {"email": email, "username": username, "delaySeconds": delay_seconds}
+        data = await self._post(
+            json={"query": SEND_WELCOME, "operationName": "SendWelcome", "variables": variables}
+        )
+        return cast("JobData", data["sendWelcomeEmail"])
+
+    async def get_job(self, job_id: str) -> JobData | None:
+        """The job, or None if it does not exist, has expired or is someone else's."""
+        data = await self._post(
+            json={"query": JOB_QUERY, "operationName": "Job", "variables": {"id": job_id}}
+        )
+        return cast("JobData | None", data["job"])
+
+    async def follow(self, job_id: str) -> AsyncGenerator[JobData, None]:
+        """The job now, then at every change of state, until it is done.
+
+        A WebSocket that drops is opened again (the subscription starts over with the job's
+        current state); `Unreachable` once that keeps failing.
+        """
+        delays = iter(RECONNECT_DELAYS)
+        followed = False
+        while True:
+            try:
+                async with aclosing(self._subscribe(job_id)) as jobs:
+                    async for job in jobs:
+                        followed = True
+                        delays = iter(RECONNECT_DELAYS)
+                        yield job
+                return
+            except (_ConnectionLost, Unreachable) as lost:
+                delay = next(delays, None)
+                if delay is None or (isinstance(lost, Unreachable) and not followed):
+                    # Never reached at all, or lost for good.
+                    if isinstance(lost, Unreachable):
+                        raise
+                    raise Unreachable(f"lost the connection to {self.ws_url}: {lost}") from lost
+                await asyncio.sleep(delay)
+
+    async def _post(self, **request: Any) -> dict[str, Any]:
+        try:
+            response = await self._http.post(self.url, **request)
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            raise Unreachable(f"cannot connect to {self.url}: {_reason(exc)}") from exc
+        except httpx.TimeoutException as exc:
+            raise Unreachable(f"{self.url} did not answer in time") from exc
+        except httpx.TransportError as exc:
+            raise Unreachable(f"the connection to {self.url} failed: {_reason(exc)}") from exc
+        return _graphql_data(response)
+
+    async def _subscribe(self, job_id: str) -> AsyncGenerator[JobData, None]:
+        try:
+            async with connect(
+                self.ws_url,
+                subprotocols=[GRAPHQL_TRANSPORT_WS],
+                open_timeout=self.connect_timeout,
+                # The subscription sends nothing between state changes: keep it open.
+                ping_interval=20,
+                ping_timeout=20,
+            ) as websocket:
+                await self._init(websocket)
+                subscribe = {
+                    "id": "1",
+                    "type": "subscribe",
+                    "payload": {
+                        "query": JOB_SUBSCRIPTION,
+                        "operationName": "FollowJob",
+                        "variables": {"id": job_id},
+                    },
+                }
+                await websocket.send(json.dumps(subscribe))
+                while True:
+                    message = await _receive(websocket)
+                    kind = message.get("type")
+                    if kind == "next":
+                        payload = message.get("payload") or {}
+                        _raise_errors(payload)
+                        job = (payload.get("data") or {}).get("job")
+                        if not isinstance(job, dict):
+                            raise BadResponse("the subscription sent no job")
+                        yield job
+                        if job.get("done"):
+                            return
+                    elif kind == "error":
+                        errors = message.get("payload")
+                        _raise_errors({"errors": errors if isinstance(errors, list) else [{}]})
+                    elif kind == "complete":
+                        raise _ConnectionLost("the subscription ended before the job did")
+        except InvalidURI as exc:
+            raise BadResponse(f"not a WebSocket URL: {self.ws_url}") from exc
+        except InvalidStatus as exc:
+            status = exc.response.status_code
+            if status in (502, 503, 504):
+                raise Unreachable(f"{self.ws_url} answered HTTP {status}") from exc
+            raise BadResponse(f"{self.ws_url} refused the WebSocket: HTTP {status}") from exc
+        except (OSError, TimeoutError) as exc:
+            raise Unreachable(f"cannot connect to {self.ws_url}: {_reason(exc)}") from exc
+        except InvalidHandshake as exc:
+            raise BadResponse(f"{self.ws_url} is not a GraphQL WebSocket: {exc}") from exc
+
+    async def _init(self, websocket: ClientConnection) -> None:
+        payload = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        if websocket.subprotocol != GRAPHQL_TRANSPORT_WS:
+            raise BadResponse(f"{self.ws_url} does not speak {GRAPHQL_TRANSPORT_WS}")
+        await websocket.send(json.dumps({"type": "connection_init", "payload": payload}))
+        async with asyncio.timeout(self.connect_timeout):
+            while (await _receive(websocket)).get("type") != "connection_ack":
+                pass
+
+
+async def _receive(websocket: ClientConnection) -> dict[str, Any]:
+    """The next protocol message; answers pings on the way, and reads close codes."""
+    while True:
+        try:
+            raw = await websocket.recv()
+        except ConnectionClosed as closed:
+            code = closed.rcvd.code if closed.rcvd else None
+            reason = closed.rcvd.reason if closed.rcvd else ""
+            if code == 4403:
+                # The server rejects a connection_init whose token it does not accept.
+                raise ApiError(UNAUTHENTICATED, "The server refused the token.") from closed
+            if code is not None and 4400 <= code < 4500:
+                raise BadResponse(f"the server closed the WebSocket: {code} {reason}") from closed
+            raise _ConnectionLost(f"closed ({code or 'no close frame'})") from closed
+        try:
+            message = json.loads(raw)
+        except ValueError as exc:
+            raise BadResponse("the server sent a WebSocket message that is not JSON") from exc
+        if not isinstance(message, dict):
+            raise BadResponse("the server sent a WebSocket message that is not an object")
+        if message.get("type") == "ping":
+            await websocket.send(json.dumps({"type": "pong"}))
+            continue
+        return message
+
+
+def _graphql_data(response: httpx.Response) -> dict[str, Any]:
+    """The response's `data`, or the first error it carries as an exception."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict) or not ("data" in body or "errors" in body):
+        if response.status_code in (502, 503, 504):
+            raise Unreachable(f"{response.url} answered HTTP {response.status_code}")
+        raise BadResponse(
+            f"{response.url} did not answer as a GraphQL API (HTTP {response.status_code})"
+        )
+    _raise_errors(body)
+    data = body.get("data")
+    if not isinstance(data, dict):
+        raise BadResponse(f"{response.url} answered with no data")
+    return data
+
+
+def _raise_errors(body: dict[str, Any]) -> None:
+    errors = body.get("errors")
+    if not errors:
+        return
+    first = errors[0] if isinstance(errors, list) and isinstance(errors[0], dict) else {}
+    extensions = first.get("extensions")
+    extensions = extensions if isinstance(extensions, dict) else {}
+    code = str(extensions.get("code") or "GRAPHQL_ERROR")
+    message = str(first.get("message") or "The server answered with an error.")
+    raise ApiError(code, message, {**extensions, "code": code})
+
+
+def _plain_filename(photo: Path) -> str:
+    """The name to send: the server takes only a plain, printable name."""
+    name = photo.name
+    return name if name.isprintable() and len(name) <= 255 else "photo"
+
+
+def _reason(exc: BaseException) -> str:
+    """The innermost cause's words ("Connection refused"), not a chain of wrappers."""
+    while (inner := exc.__cause__ or exc.__context__) is not None:
+        exc = inner
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__

@@ -1,0 +1,80 @@
+"""One extension for what happens to a document before it runs: jobql's limits, and a cache.
+
+Clients send the same few documents again and again, so each distinct one is parsed and
+validated once. A document that does not parse is left to Strawberry's own parser, whose
+error every transport reports. One extension, not four: each one costs its hooks on every
+request.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from functools import lru_cache
+from typing import TYPE_CHECKING
+
+from graphql import GraphQLError, GraphQLSchema, parse
+from graphql.validation import NoSchemaIntrospectionCustomRule
+from strawberry.extensions import MaxAliasesLimiter, QueryDepthLimiter, SchemaExtension
+from strawberry.schema.schema import validate_document
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from graphql import ASTValidationRule, DocumentNode
+
+MAX_DEPTH = 8
+MAX_ALIASES = 10
+MAX_TOKENS = 1000
+CACHED_DOCUMENTS = 256
+
+
+@lru_cache(maxsize=CACHED_DOCUMENTS)
+def _parse(query: str, max_tokens: int) -> DocumentNode:
+    return parse(query, max_tokens=max_tokens)
+
+
+@lru_cache(maxsize=CACHED_DOCUMENTS)
+def _validate(
+    schema: GraphQLSchema,
+    document: DocumentNode,
+    rules: tuple[type[ASTValidationRule], ...],
+) -> list[GraphQLError]:
+    return validate_document(schema, document, rules)
+
+
+def limit_rules(introspection: bool) -> tuple[type[ASTValidationRule], ...]:
+    """Built once: rules made anew per request would never hit the validation cache."""
+    rules = [
+        *QueryDepthLimiter(max_depth=MAX_DEPTH).validation_rules,
+        *MaxAliasesLimiter(max_alias_count=MAX_ALIASES).validation_rules,
+    ]
+    if not introspection:
+        rules.append(NoSchemaIntrospectionCustomRule)
+    return tuple(rules)
+
+
+class PreparedDocuments(SchemaExtension):
+    def __init__(self, rules: tuple[type[ASTValidationRule], ...]) -> None:
+        super().__init__()
+        self.rules = rules
+
+    def on_operation(self) -> Iterator[None]:
+        context = self.execution_context
+        context.validation_rules = (*context.validation_rules, *self.rules)
+        context.parse_options["max_tokens"] = MAX_TOKENS
+        yield
+
+    def on_parse(self) -> Iterator[None]:
+        context = self.execution_context
+        if context.query:
+            with contextlib.suppress(GraphQLError):
+                context.graphql_document = _parse(context.query, MAX_TOKENS)
+        yield
+
+    def on_validate(self) -> Iterator[None]:
+        context = self.execution_context
+        assert context.graphql_document is not None
+        context.pre_execution_errors = _validate(
+            context.schema._schema, context.graphql_document, context.validation_rules
+        )
+        yield
