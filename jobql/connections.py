@@ -32,7 +32,7 @@ def create_redis(settings: Settings) -> Redis:
         socket_timeout=settings.redis_timeout,
         retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
     )
-    return Redis(connection_pool=pool)
+    return Redis.from_pool(pool)  # the client owns the pool: closing it closes the connections
 
 
 def text(value: bytes | str) -> str:
