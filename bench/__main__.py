@@ -32,26 +32,41 @@ from bench.report import table
 HERE = Path(__file__).parent
 
 
-async def run(smoke: bool) -> dict[str, Any]:
+PARTS = ("enqueue", "upload_ack", "freshness", "processing", "completion")
+
+
+async def run(smoke: bool, parts: tuple[str, ...] = PARTS) -> dict[str, Any]:
     size = SMOKE if smoke else FULL
+    figures: dict[str, Any] = {}
     with (
         tempfile.TemporaryDirectory(prefix="jobql-bench-") as folder,
         open_bench(Path(folder)) as bench,
     ):
-        return {
-            "enqueue": enqueue(bench, size),
-            "upload_ack": await upload_ack(bench, size),
-            "freshness": await freshness_and_scale(bench, size),
-            "processing": processing(bench, size),
-            "completion": await completion(bench, size),
-        }
+        if "enqueue" in parts:
+            figures["enqueue"] = enqueue(bench, size)
+        if "upload_ack" in parts:
+            figures["upload_ack"] = await upload_ack(bench, size)
+        if "freshness" in parts:
+            figures["freshness"] = await freshness_and_scale(bench, size)
+        if "processing" in parts:
+            figures["processing"] = processing(bench, size)
+        if "completion" in parts:
+            figures["completion"] = await completion(bench, size)
+    return figures
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument("--smoke", action="store_true", help="a tiny run, for the tests")
     parser.add_argument("--out", type=Path, default=HERE / "results")
+    parser.add_argument(
+        "--only", help=f"comma-separated parts to run and print, not record: {', '.join(PARTS)}"
+    )
     args = parser.parse_args()
+    if args.only:
+        figures = asyncio.run(run(args.smoke, tuple(args.only.split(","))))
+        print(json.dumps(figures, indent=2))
+        return
     figures = asyncio.run(run(args.smoke))
     machine = f"{os.cpu_count()} cores, Python {platform.python_version()}"
     when = datetime.now(UTC)

@@ -125,9 +125,9 @@ class Bench:
     def jobql_worker(self) -> Process:
         command = [
             sys.executable, "-m", "jobql", "worker",
-            "--concurrency", str(WORKER_CONCURRENCY), "--loglevel", "WARNING",
+            "--concurrency", str(WORKER_CONCURRENCY), "--loglevel", "INFO",
         ]  # fmt: skip
-        return self.start("jobql-worker", command, "ready", JOBQL_LOG_JSON="0")
+        return self.start("jobql-worker", command, " ready.", JOBQL_LOG_JSON="0")
 
     def reference_worker(self) -> Process:
         command = [

@@ -43,7 +43,7 @@ def job_id_of(record: logging.LogRecord) -> str | None:
     return current_job_id.get()
 
 
-def configure_logging(json_lines: bool, level: int = logging.INFO) -> None:
+def configure_logging(json_lines: bool, level: int | str = logging.INFO) -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter() if json_lines else logging.Formatter(PLAIN_FORMAT))
     root = logging.getLogger()

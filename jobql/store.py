@@ -24,12 +24,13 @@ from jobql.messages import task_message
 from jobql.stats import STATS_KEY, accepted_field
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
     from datetime import timedelta
 
     from redis.asyncio import Redis
 
 
+# What a snapshot needs of a job record (not the message copy kept for recovery).
+RECORD_FIELDS = ("owner", "kind", "created_at", "started_at")
 NO_SUCH_JOB = "00000000-0000-0000-0000-000000000000"
 
 # Atomically: unless KEYS[1] (a dedupe key, when given) names an earlier job, claim it,
@@ -127,14 +128,13 @@ class JobStore:
     async def load(self, job_id: str) -> tuple[dict[str, str], dict[str, Any] | None]:
         """The job record (empty if there is none) and Celery's result meta (None if none)."""
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hgetall(record_key(job_id))
+            pipe.hmget(record_key(job_id), RECORD_FIELDS)
             pipe.get(meta_key(job_id))
-            raw_record, raw_meta = await pipe.execute()
-        return _decode(raw_record), load_meta(raw_meta)
+            values, raw_meta = await pipe.execute()
+        record = {
+            field: text(value) for field, value in zip(RECORD_FIELDS, values, strict=True) if value
+        }
+        return record, load_meta(raw_meta)
 
     async def record(self, job_id: str) -> dict[str, str]:
-        return _decode(await self.redis.hgetall(record_key(job_id)))
-
-
-def _decode(raw: Mapping[bytes | str, bytes | str]) -> dict[str, str]:
-    return {text(key): text(value) for key, value in raw.items()}
+        return (await self.load(job_id))[0]

@@ -47,9 +47,8 @@ def make_avatar(
     temporary file beside it and renamed.
     """
     image = _decode(source, size, max_pixels)
-    progress(40)
+    progress(50)
     square = _centre_square(image, size)
-    progress(70)
     clean = _without_metadata(square, image_format)
     destination.parent.mkdir(parents=True, exist_ok=True)
     temporary = destination.with_name(f".{destination.name}.{os.getpid()}.tmp")
@@ -93,7 +92,8 @@ def _decode(source: Path, size: int, max_pixels: int) -> Image.Image:
                     # Decode at 1/2, 1/4 or 1/8 scale where the result still covers the square.
                     opened.draft("RGB", _draft_box(opened.size, size))
                 opened.load()
-                return _eight_bit(ImageOps.exif_transpose(opened))
+                ImageOps.exif_transpose(opened, in_place=True)
+                return _eight_bit(opened)
         except (InvalidImage, FileNotFoundError):
             raise
         except (

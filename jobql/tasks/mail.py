@@ -69,10 +69,9 @@ def send_welcome(
             html=render_template("welcome.html", username=username, site_name=site_name),
         )
         message.msgId = message_id(job_id)
-        progress(30)
         try:
             with TimedConnection(app.extensions["mail"], app.config["MAIL_TIMEOUT"]) as connection:
-                progress(60)
+                progress(50)  # connected to the server
                 connection.send(message)
                 on_accepted(message.msgId)
         except smtplib.SMTPRecipientsRefused as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from pathlib import Path
@@ -243,8 +244,8 @@ class SendOnce:
 def _log_with_job_ids(settings: Settings) -> None:
     """Take over Celery's logging setup, and tag each line a task logs with its job id."""
 
-    def setup_logging(**kwargs: Any) -> None:
-        configure_logging(settings.log_json)
+    def setup_logging(loglevel: int | str | None = None, **kwargs: Any) -> None:
+        configure_logging(settings.log_json, level=loglevel or logging.INFO)
 
     def task_started(task_id: str, **kwargs: Any) -> None:
         current_job_id.set(task_id)
