@@ -28,6 +28,15 @@ def redis_server() -> Iterator[RedisServer]:
     server.close()
 
 
+@pytest.fixture
+def own_redis() -> Iterator[RedisServer]:
+    """A redis-server of the test's own, that it may stop and start."""
+    server = RedisServer()
+    server.start()
+    yield server
+    server.close()
+
+
 @pytest.fixture(scope="session")
 def smtp_server() -> Iterator[SmtpServer]:
     server = SmtpServer()

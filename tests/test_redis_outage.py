@@ -9,7 +9,6 @@ import pytest
 from gql.transport.exceptions import TransportQueryError
 
 from jobql.auth import SCOPE_SEND_EMAIL
-from jobql.redis_server import RedisServer
 from tests.conftest import token
 from tests.graphql_clients import JOB_QUERY, SEND_WELCOME, execute, follow, http_client, ws_client
 from tests.support import start_web
@@ -17,18 +16,11 @@ from tests.support import start_web
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
+    from jobql.redis_server import RedisServer
     from jobql.settings import Settings
     from tests.support import WebServer
 
 ANSWER_WITHIN = 5  # seconds; the client gives up after this, so a hang fails the test
-
-
-@pytest.fixture
-def own_redis() -> Iterator[RedisServer]:
-    server = RedisServer()
-    server.start()
-    yield server
-    server.close()
 
 
 @pytest.fixture

@@ -13,19 +13,12 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from jobql.redis_server import RedisServer
 from jobql.watcher import JobWatcher, WatchLost
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterator
+    from collections.abc import AsyncIterator
 
-
-@pytest.fixture
-def own_redis() -> Iterator[RedisServer]:
-    server = RedisServer()
-    server.start()
-    yield server
-    server.close()
+    from jobql.redis_server import RedisServer
 
 
 @pytest.fixture
