@@ -56,7 +56,11 @@ def _decode(secret_key: str, token: str) -> tuple[Principal, float | None]:
     user_id, scope, expires = claims["sub"], claims.get("scope", ""), claims.get("exp")
     if not isinstance(user_id, str) or not user_id or not isinstance(scope, str):
         raise InvalidToken("The token is not valid.")
-    expires_at = float(expires) if isinstance(expires, int | float) else None
+    try:
+        # PyJWT accepts anything int() takes, a string included; so does this.
+        expires_at = None if expires is None else float(int(expires))
+    except (TypeError, ValueError) as exc:
+        raise InvalidToken("The token is not valid.") from exc
     return Principal(user_id=user_id, scopes=frozenset(scope.split())), expires_at
 
 

@@ -43,7 +43,10 @@ class RequestGuard:
 
     def _limited(self, scope: Scope, receive: Receive) -> Receive:
         headers = Headers(scope=scope)
-        multipart = headers.get("content-type", "").startswith("multipart/")
+        media_type = headers.get("content-type", "").split(";")[0].strip().lower()
+        # Only a real upload gets the upload limit (Strawberry reads any content type that
+        # mentions application/json as JSON, whatever comes before it).
+        multipart = media_type == "multipart/form-data"
         limit = self.max_multipart_bytes if multipart else self.max_other_bytes
         declared = headers.get("content-length", "")
         received = 0

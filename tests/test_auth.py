@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from datetime import timedelta
 
 import jwt
@@ -14,6 +15,7 @@ from jobql.auth import (
     SCOPE_SEND_EMAIL,
     InvalidToken,
     Principal,
+    TokenVerifier,
     decode_token,
     issue_token,
     principal_from_authorization,
@@ -174,3 +176,23 @@ def test_bearer_with_a_bad_token_is_invalid() -> None:
     token = issue_token(OTHER_SECRET, "user-7")
     with pytest.raises(InvalidToken):
         principal_from_authorization(SECRET, f"Bearer {token}")
+
+
+def test_cached_token_with_a_string_exp_still_expires() -> None:
+    expires = int(time.time()) + 1
+    token = jwt.encode({"sub": "u", "scope": "", "exp": str(expires)}, SECRET, algorithm="HS256")
+    verifier = TokenVerifier(SECRET)
+    assert verifier.verify(token).user_id == "u"
+
+    time.sleep(max(0.0, expires - time.time()) + 0.2)
+
+    with pytest.raises(InvalidToken):
+        verifier.verify(token)
+
+
+def test_a_token_seen_before_is_answered_from_the_cache_until_it_expires() -> None:
+    token = issue_token(SECRET, "cached", (SCOPE_SEND_EMAIL,), ttl=timedelta(seconds=60))
+    verifier = TokenVerifier(SECRET)
+    first = verifier.verify(token)
+    assert verifier.verify(token) is first
+    assert verifier.principal(f"Bearer {token}") is first

@@ -201,6 +201,21 @@ def test_streamed_upload_is_cut_off_while_it_streams(
     assert incoming_files(strict_settings) == []
 
 
+async def test_json_dressed_as_multipart_gets_the_json_limit(strict_web: WebServer) -> None:
+    body = json.dumps({"query": "{ __typename }", "padding": "x" * (2 * MiB)})
+    async with httpx.AsyncClient(timeout=30) as client:
+        response = await client.post(
+            strict_web.http_url,
+            content=body,
+            headers={
+                "Authorization": f"Bearer {token(user())}",
+                "Content-Type": "multipart/application/json",
+            },
+        )
+    assert response.status_code == 413
+    assert response.json()["errors"][0]["extensions"]["code"] == "PAYLOAD_TOO_LARGE"
+
+
 @pytest.mark.parametrize(
     ("parts", "why"),
     [

@@ -353,3 +353,53 @@ def test_550_then_hang_up_raises_mail_rejected(
     outcome = send_guarded(app, recipient())
 
     assert isinstance(outcome, MailRejected), repr(outcome)
+
+
+@pytest.fixture
+def accept_then_hang_up_server() -> Iterator[int]:
+    """A TCP peer that accepts the message (250 after DATA) and closes instead of answering
+    QUIT: the message was delivered all the same."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            connection, _ = listener.accept()
+            with connection, connection.makefile("rb") as lines:
+                connection.sendall(b"220 accepting.test ESMTP\r\n")
+                in_data = False
+                for line in lines:
+                    if in_data:
+                        if line == b".\r\n":
+                            connection.sendall(b"250 2.0.0 Queued\r\n")
+                            in_data = False
+                        continue
+                    command = line.upper()
+                    if command.startswith(b"DATA"):
+                        connection.sendall(b"354 Go ahead\r\n")
+                        in_data = True
+                    elif command.startswith(b"QUIT"):
+                        return  # hang up without a reply
+                    else:
+                        connection.sendall(b"250 OK\r\n")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield int(listener.getsockname()[1])
+    finally:
+        listener.close()
+        thread.join(GUARD_SECONDS)
+
+
+def test_accepted_message_is_sent_even_if_the_server_drops_quit(
+    make_settings: Callable[..., Settings], accept_then_hang_up_server: int
+) -> None:
+    app = create_mail_app(make_settings(mail_port=accept_then_hang_up_server, mail_timeout=2.0))
+    accepted: list[str] = []
+
+    message = send_welcome(app, "job-quit", recipient(), "Ann", on_accepted=accepted.append)
+
+    assert message == message_id("job-quit")
+    assert accepted == [message_id("job-quit")]

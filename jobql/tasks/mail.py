@@ -110,7 +110,9 @@ class TimedConnection(Connection):
         # Flask-Mail always QUITs, and a server that has hung up after refusing
         # would make that QUIT's error replace the refusal.
         if exc_type is None:
-            super().__exit__(exc_type, exc_value, tb)  # type: ignore[arg-type]
+            # The message was accepted; a server that then drops QUIT changes nothing.
+            with contextlib.suppress(smtplib.SMTPException, OSError):
+                super().__exit__(exc_type, exc_value, tb)  # type: ignore[arg-type]
         elif self.host is not None:
             self.host.close()
 
