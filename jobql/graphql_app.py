@@ -16,6 +16,7 @@ from contextlib import aclosing
 from importlib.resources import files
 from typing import TYPE_CHECKING, Any, cast, overload
 
+import orjson
 from cross_web import HTTPException, StarletteRequestAdapter
 from graphql import GraphQLError
 from starlette.datastructures import MutableHeaders
@@ -91,6 +92,14 @@ class JobqlGraphQL(GraphQL[Context, None]):
         self.services = services
         self.incoming_dir = incoming_dir
         self.upload_limits = upload_limits
+
+    def decode_json(self, data: str | bytes) -> object:
+        # orjson's errors are json.JSONDecodeError, which Strawberry answers with a 400.
+        return orjson.loads(data)
+
+    def encode_json(self, data: object) -> str:
+        # Text: WebSocket frames are made from it as well as HTTP bodies.
+        return orjson.dumps(data).decode()
 
     async def get_context(self, request: Request | WebSocket, response: Any) -> Context:
         context = Context(self.services, request.headers.get("authorization"))
