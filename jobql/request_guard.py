@@ -34,12 +34,18 @@ class RequestGuard:
             return
         uploads: list[IncomingUpload] = []
         scope.setdefault("state", {})[UPLOADS] = uploads
+
+        async def send_after_cleanup(message: Message) -> None:
+            # By the time an answer starts, every resolver has claimed what it queued: the
+            # rest goes before the client hears anything.
+            if message["type"] == "http.response.start":
+                _remove_unclaimed(uploads)
+            await send(message)
+
         try:
-            await self.app(scope, self._limited(scope, receive), send)
+            await self.app(scope, self._limited(scope, receive), send_after_cleanup)
         finally:
-            for upload in uploads:
-                if not upload.claimed:
-                    upload.path.unlink(missing_ok=True)
+            _remove_unclaimed(uploads)  # and when no answer was sent at all
 
     def _limited(self, scope: Scope, receive: Receive) -> Receive:
         headers = Headers(scope=scope)
@@ -64,3 +70,9 @@ class RequestGuard:
             return message
 
         return limited_receive
+
+
+def _remove_unclaimed(uploads: list[IncomingUpload]) -> None:
+    for upload in uploads:
+        if not upload.claimed:
+            upload.path.unlink(missing_ok=True)
