@@ -7,7 +7,7 @@ import itertools
 import socket
 import threading
 import uuid
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 import pytest
 
@@ -131,10 +131,9 @@ def stalling_server() -> Iterator[int]:
         thread.join(GUARD_SECONDS)
 
 
-@pytest.fixture
-def refuse_then_hang_up_server() -> Iterator[int]:
-    """A TCP peer that speaks SMTP, answers RCPT with 550 and then closes the connection,
-    as servers that drop a client after a permanent refusal do."""
+@contextlib.contextmanager
+def smtp_peer(converse: Callable[[socket.socket, BinaryIO], None]) -> Iterator[int]:
+    """A TCP peer on a free port that holds one scripted SMTP conversation."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(8)
@@ -143,16 +142,7 @@ def refuse_then_hang_up_server() -> Iterator[int]:
         with contextlib.suppress(OSError):
             connection, _ = listener.accept()
             with connection, connection.makefile("rb") as lines:
-                connection.sendall(b"220 refusing.test ESMTP\r\n")
-                for line in lines:
-                    command = line.upper()
-                    if command.startswith(b"RCPT"):
-                        connection.sendall(b"550 5.1.1 No such mailbox\r\n")
-                        return
-                    if command.startswith(b"QUIT"):
-                        connection.sendall(b"221 Bye\r\n")
-                        return
-                    connection.sendall(b"250 OK\r\n")
+                converse(connection, lines)
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
@@ -163,7 +153,40 @@ def refuse_then_hang_up_server() -> Iterator[int]:
         thread.join(GUARD_SECONDS)
 
 
-# --- message_id -----------------------------------------------------------------------------
+def refuse_then_hang_up(connection: socket.socket, lines: BinaryIO) -> None:
+    """Answer RCPT with 550 and close, as servers that drop a client after a permanent
+    refusal do."""
+    connection.sendall(b"220 refusing.test ESMTP\r\n")
+    for line in lines:
+        command = line.upper()
+        if command.startswith(b"RCPT"):
+            connection.sendall(b"550 5.1.1 No such mailbox\r\n")
+            return
+        if command.startswith(b"QUIT"):
+            connection.sendall(b"221 Bye\r\n")
+            return
+        connection.sendall(b"250 OK\r\n")
+
+
+def accept_then_hang_up(connection: socket.socket, lines: BinaryIO) -> None:
+    """Accept the message (250 after DATA), then close instead of answering QUIT: the
+    message was delivered all the same."""
+    connection.sendall(b"220 accepting.test ESMTP\r\n")
+    in_data = False
+    for line in lines:
+        if in_data:
+            if line == b".\r\n":
+                connection.sendall(b"250 2.0.0 Queued\r\n")
+                in_data = False
+            continue
+        command = line.upper()
+        if command.startswith(b"DATA"):
+            connection.sendall(b"354 Go ahead\r\n")
+            in_data = True
+        elif command.startswith(b"QUIT"):
+            return
+        else:
+            connection.sendall(b"250 OK\r\n")
 
 
 def test_message_id_is_derived_from_the_job_id() -> None:
@@ -345,61 +368,21 @@ def test_server_stalling_after_greeting_times_out_as_temporary_failure(
     assert isinstance(outcome, MailTemporarilyFailed), outcome
 
 
-def test_550_then_hang_up_raises_mail_rejected(
-    make_settings: Callable[..., Settings], refuse_then_hang_up_server: int
-) -> None:
-    app = create_mail_app(make_settings(mail_port=refuse_then_hang_up_server, mail_timeout=2.0))
-
-    outcome = send_guarded(app, recipient())
+def test_550_then_hang_up_raises_mail_rejected(make_settings: Callable[..., Settings]) -> None:
+    with smtp_peer(refuse_then_hang_up) as port:
+        app = create_mail_app(make_settings(mail_port=port, mail_timeout=2.0))
+        outcome = send_guarded(app, recipient())
 
     assert isinstance(outcome, MailRejected), repr(outcome)
 
 
-@pytest.fixture
-def accept_then_hang_up_server() -> Iterator[int]:
-    """A TCP peer that accepts the message (250 after DATA) and closes instead of answering
-    QUIT: the message was delivered all the same."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(8)
-
-    def serve() -> None:
-        with contextlib.suppress(OSError):
-            connection, _ = listener.accept()
-            with connection, connection.makefile("rb") as lines:
-                connection.sendall(b"220 accepting.test ESMTP\r\n")
-                in_data = False
-                for line in lines:
-                    if in_data:
-                        if line == b".\r\n":
-                            connection.sendall(b"250 2.0.0 Queued\r\n")
-                            in_data = False
-                        continue
-                    command = line.upper()
-                    if command.startswith(b"DATA"):
-                        connection.sendall(b"354 Go ahead\r\n")
-                        in_data = True
-                    elif command.startswith(b"QUIT"):
-                        return  # hang up without a reply
-                    else:
-                        connection.sendall(b"250 OK\r\n")
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        yield int(listener.getsockname()[1])
-    finally:
-        listener.close()
-        thread.join(GUARD_SECONDS)
-
-
 def test_accepted_message_is_sent_even_if_the_server_drops_quit(
-    make_settings: Callable[..., Settings], accept_then_hang_up_server: int
+    make_settings: Callable[..., Settings],
 ) -> None:
-    app = create_mail_app(make_settings(mail_port=accept_then_hang_up_server, mail_timeout=2.0))
     accepted: list[str] = []
-
-    message = send_welcome(app, "job-quit", recipient(), "Ann", on_accepted=accepted.append)
+    with smtp_peer(accept_then_hang_up) as port:
+        app = create_mail_app(make_settings(mail_port=port, mail_timeout=2.0))
+        message = send_welcome(app, "job-quit", recipient(), "Ann", on_accepted=accepted.append)
 
     assert message == message_id("job-quit")
     assert accepted == [message_id("job-quit")]
