@@ -64,11 +64,6 @@ def _decode(secret_key: str, token: str) -> tuple[Principal, float | None]:
     return Principal(user_id=user_id, scopes=frozenset(scope.split())), expires_at
 
 
-def principal_from_authorization(secret_key: str, authorization: object) -> Principal:
-    """Check an `Authorization: Bearer <token>` value (from a header or `connection_init`)."""
-    return TokenVerifier(secret_key, cache_size=0).principal(authorization)
-
-
 class TokenVerifier:
     """Checks bearer tokens for one web process.
 

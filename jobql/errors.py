@@ -29,10 +29,6 @@ class NotFound(ApiError):
     code = "NOT_FOUND"
 
 
-class PayloadTooLarge(ApiError):
-    code = "PAYLOAD_TOO_LARGE"
-
-
 class ServiceUnavailable(ApiError):
     code = "SERVICE_UNAVAILABLE"
 

@@ -18,7 +18,6 @@ from jobql.auth import (
     TokenVerifier,
     decode_token,
     issue_token,
-    principal_from_authorization,
 )
 from jobql.jobs import utcnow
 
@@ -146,36 +145,36 @@ def test_error_is_not_a_pyjwt_error() -> None:
 )
 def test_missing_or_wrong_authorization_is_invalid(authorization: object) -> None:
     with pytest.raises(InvalidToken):
-        principal_from_authorization(SECRET, authorization)
+        TokenVerifier(SECRET).principal(authorization)
 
 
 def test_basic_with_a_valid_token_is_still_invalid() -> None:
     token = issue_token(SECRET, "user-1")
     with pytest.raises(InvalidToken):
-        principal_from_authorization(SECRET, f"Basic {token}")
+        TokenVerifier(SECRET).principal(f"Basic {token}")
 
 
 def test_token_without_scheme_is_invalid() -> None:
     with pytest.raises(InvalidToken):
-        principal_from_authorization(SECRET, issue_token(SECRET, "user-1"))
+        TokenVerifier(SECRET).principal(issue_token(SECRET, "user-1"))
 
 
 @pytest.mark.parametrize("scheme", ["Bearer", "bearer", "BEARER", "bEaReR"])
 def test_bearer_scheme_is_case_insensitive(scheme: str) -> None:
     token = issue_token(SECRET, "user-7", (SCOPE_SEND_EMAIL,))
-    principal = principal_from_authorization(SECRET, f"{scheme} {token}")
+    principal = TokenVerifier(SECRET).principal(f"{scheme} {token}")
     assert principal == Principal("user-7", frozenset({SCOPE_SEND_EMAIL}))
 
 
 def test_surrounding_whitespace_is_ignored() -> None:
     token = issue_token(SECRET, "user-7")
-    assert principal_from_authorization(SECRET, f"  Bearer   {token}  ").user_id == "user-7"
+    assert TokenVerifier(SECRET).principal(f"  Bearer   {token}  ").user_id == "user-7"
 
 
 def test_bearer_with_a_bad_token_is_invalid() -> None:
     token = issue_token(OTHER_SECRET, "user-7")
     with pytest.raises(InvalidToken):
-        principal_from_authorization(SECRET, f"Bearer {token}")
+        TokenVerifier(SECRET).principal(f"Bearer {token}")
 
 
 def test_cached_token_with_a_string_exp_still_expires() -> None:
