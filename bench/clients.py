@@ -15,6 +15,7 @@ import resource
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import websockets
@@ -26,7 +27,11 @@ async def subscribe(
     url: str, token: str, job_id: str, ready: asyncio.Event, out: list[str]
 ) -> None:
     async with websockets.connect(
-        url, subprotocols=[websockets.Subprotocol("graphql-transport-ws")], max_size=2**20
+        url,
+        subprotocols=[websockets.Subprotocol("graphql-transport-ws")],
+        max_size=2**20,
+        # As a browser: no WebSocket pings of its own.
+        ping_interval=None,
     ) as ws:
         await ws.send(
             json.dumps({"type": "connection_init", "payload": {"Authorization": f"Bearer {token}"}})
@@ -52,6 +57,8 @@ async def subscribe(
                 continue
             job = message["payload"]["data"]["job"]
             out.append(f"{job_id} {job['progress']} {time.time():.6f}")
+    if first:
+        raise RuntimeError(f"the subscription to {job_id} ended before its first answer")
 
 
 async def poll(
@@ -101,7 +108,13 @@ async def main() -> None:
                 tasks.append(
                     asyncio.create_task(poll(args.url, job_id, args.interval, ready, out, client))
                 )
-        await asyncio.gather(*(ready.wait() for ready in readies))
+        all_ready = asyncio.ensure_future(asyncio.gather(*(ready.wait() for ready in readies)))
+        running: list[asyncio.Future[Any]] = [all_ready, *tasks]
+        await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+        if not all_ready.done():
+            failed = next(task for task in tasks if task.done())
+            print(f"failed: {failed.exception() or 'a client stopped'}", flush=True)
+            sys.exit(1)
         print("ready", flush=True)
         await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
         print("\n".join(out), flush=True)

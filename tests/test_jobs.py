@@ -31,6 +31,7 @@ from jobql.jobs import (
     record_key,
     snapshot,
 )
+from jobql.tasks.backend import backend_url
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -77,7 +78,7 @@ class Backend:
     and reads them back raw from Redis the way the web process does."""
 
     def __init__(self, url: str) -> None:
-        self.app = Celery("jobql-test", backend=url, set_as_current=False)
+        self.app = Celery("jobql-test", backend=backend_url(url), set_as_current=False)
         self.app.conf.update(
             result_serializer="json", accept_content=["json"], result_extended=True
         )

@@ -24,6 +24,7 @@ from jobql.jobs import (
 from jobql.logs import configure_logging, current_job_id
 from jobql.stats import STATS_KEY, finished_increments
 from jobql.tasks.avatar import InvalidImage, existing_avatar, make_avatar
+from jobql.tasks.backend import backend_url
 from jobql.tasks.housekeeping import housekeeping_step
 from jobql.tasks.mail import MailRejected, MailTemporarilyFailed, create_mail_app, send_welcome
 
@@ -96,7 +97,7 @@ class JobTask(Task):  # type: ignore[type-arg]
 
 
 def create_worker_app(settings: Settings) -> Celery:
-    app = Celery("jobql", broker=settings.redis_url, backend=settings.redis_url)
+    app = Celery("jobql", broker=settings.redis_url, backend=backend_url(settings.redis_url))
     _log_with_job_ids(settings)
     visibility = settings.visibility_timeout
     app.conf.update(
