@@ -1,10 +1,12 @@
-"""ASGI middleware: caps request bodies as they stream, and removes uploads nobody claimed."""
+"""ASGI middleware: caps request bodies as they stream, answers a refused body, and removes
+uploads nobody claimed."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
 from starlette.datastructures import Headers
+from starlette.responses import JSONResponse
 
 from jobql.multipart import FormRejected, IncomingUpload
 
@@ -44,6 +46,8 @@ class RequestGuard:
 
         try:
             await self.app(scope, self._limited(scope, receive), send_after_cleanup)
+        except FormRejected as exc:
+            await _refusal(exc)(scope, receive, send_after_cleanup)
         finally:
             _remove_unclaimed(uploads)  # and when no answer was sent at all
 
@@ -70,6 +74,12 @@ class RequestGuard:
             return message
 
         return limited_receive
+
+
+def _refusal(exc: FormRejected) -> JSONResponse:
+    """A body refused before any GraphQL ran, answered the way GraphQL clients read errors."""
+    body = {"errors": [{"message": str(exc), "extensions": {"code": exc.code}}]}
+    return JSONResponse(body, status_code=exc.status)
 
 
 def _remove_unclaimed(uploads: list[IncomingUpload]) -> None:

@@ -3,7 +3,7 @@
 Celery's Redis result backend PUBLISHes each state write on a channel named
 like the key it writes (`celery-task-meta-<id>`). A subscription asks the
 watcher for a channel; the watcher subscribes once per channel, however many
-subscriptions share it, and hands every message to each of their queues.
+subscriptions share it, and hands every message to each of their mailboxes.
 """
 
 from __future__ import annotations
@@ -32,6 +32,34 @@ class WatchLost(ConnectionError):
 Event = bytes | WatchLost
 
 
+class Mailbox:
+    """The events sent to one watch and not read yet: a one-reader `asyncio.Queue`, at a
+    tenth of its size (a watch is held for every open subscription)."""
+
+    __slots__ = ("_events", "_waiter")
+
+    def __init__(self) -> None:
+        self._events: list[Event] = []
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put_nowait(self, event: Event) -> None:
+        self._events.append(event)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def get(self) -> Event:
+        while not self._events:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._events.pop(0)
+
+    def empty(self) -> bool:
+        return not self._events
+
+
 class JobWatcher:
     def __init__(self, redis_url: str, timeout: float, health_check_interval: float = 5.0) -> None:
         self._pool = ConnectionPool.from_url(
@@ -46,7 +74,7 @@ class JobWatcher:
         self._health_check_interval = health_check_interval
         self._connection: AbstractConnection | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._queues: dict[bytes, set[asyncio.Queue[Event]]] = {}
+        self._mailboxes: dict[bytes, set[Mailbox]] = {}
         self._confirmations: dict[bytes, asyncio.Future[None]] = {}
         self._lock = asyncio.Lock()
         self._last_reply = 0.0
@@ -54,27 +82,27 @@ class JobWatcher:
 
     @property
     def channels(self) -> int:
-        return len(self._queues)
+        return len(self._mailboxes)
 
     @property
     def watches(self) -> int:
         """Open watches (one per subscription), over however many channels."""
-        return sum(len(listeners) for listeners in self._queues.values())
+        return sum(len(listeners) for listeners in self._mailboxes.values())
 
     @contextlib.asynccontextmanager
-    async def watch(self, channel: str) -> AsyncIterator[asyncio.Queue[Event]]:
-        """Yield a queue of the channel's messages, once Redis has confirmed the subscription.
+    async def watch(self, channel: str) -> AsyncIterator[Mailbox]:
+        """Yield a mailbox of the channel's messages, once Redis has confirmed the subscription.
 
-        The queue receives each message's payload, then a `WatchLost` if the
+        The mailbox receives each message's payload, then a `WatchLost` if the
         connection fails. Raises `RedisError` if Redis cannot be reached.
         """
         key = channel.encode()
-        queue: asyncio.Queue[Event] = asyncio.Queue()
+        mailbox = Mailbox()
         try:
             async with self._lock:
                 connection = await self._connect()
-                listeners = self._queues.setdefault(key, set())
-                listeners.add(queue)
+                listeners = self._mailboxes.setdefault(key, set())
+                listeners.add(mailbox)
                 if len(listeners) == 1:
                     self._confirmations[key] = asyncio.get_running_loop().create_future()
                     await self._send(connection, "SUBSCRIBE", key)
@@ -82,24 +110,24 @@ class JobWatcher:
             if confirmation is not None:
                 async with asyncio.timeout(self._timeout):
                     await asyncio.shield(confirmation)
-            yield queue
+            yield mailbox
         finally:
-            await self._forget(key, queue)
+            await self._forget(key, mailbox)
 
     async def close(self) -> None:
         async with self._lock:
             self._fail(WatchLost("the web process is shutting down"))
         await self._pool.aclose()
 
-    async def _forget(self, key: bytes, queue: asyncio.Queue[Event]) -> None:
+    async def _forget(self, key: bytes, mailbox: Mailbox) -> None:
         async with self._lock:
-            listeners = self._queues.get(key)
-            if listeners is None or queue not in listeners:
+            listeners = self._mailboxes.get(key)
+            if listeners is None or mailbox not in listeners:
                 return
-            listeners.discard(queue)
+            listeners.discard(mailbox)
             if listeners:
                 return
-            del self._queues[key]
+            del self._mailboxes[key]
             self._confirmations.pop(key, None)
             if self._connection is not None:
                 with contextlib.suppress(RedisError, OSError):
@@ -157,8 +185,8 @@ class JobWatcher:
             return
         kind, channel, payload = reply[0], reply[1], reply[2]
         if kind == b"message":
-            for queue in self._queues.get(channel, ()):
-                queue.put_nowait(payload)
+            for mailbox in self._mailboxes.get(channel, ()):
+                mailbox.put_nowait(payload)
         elif kind == b"subscribe":
             confirmation = self._confirmations.get(channel)
             if confirmation is not None and not confirmation.done():
@@ -166,9 +194,9 @@ class JobWatcher:
 
     def _fail(self, error: WatchLost) -> None:
         """Tell every watch its connection is gone, and start afresh on the next one."""
-        for listeners in self._queues.values():
-            for queue in listeners:
-                queue.put_nowait(error)
+        for listeners in self._mailboxes.values():
+            for mailbox in listeners:
+                mailbox.put_nowait(error)
         for confirmation in self._confirmations.values():
             if not confirmation.done():
                 confirmation.set_exception(error)
@@ -177,7 +205,7 @@ class JobWatcher:
             if task is not current:
                 task.cancel()
         self._tasks = []
-        self._queues.clear()
+        self._mailboxes.clear()
         self._confirmations.clear()
         connection, self._connection = self._connection, None
         if connection is not None:

@@ -13,7 +13,7 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from jobql.watcher import JobWatcher, WatchLost
+from jobql.watcher import JobWatcher, Mailbox, WatchLost
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -108,3 +108,28 @@ async def test_watch_lost_when_redis_stops_answering(
         finally:
             os.kill(own_redis.process.pid, signal.SIGCONT)
     assert isinstance(event, WatchLost)
+
+
+async def test_mailbox_hands_over_events_in_order_and_waits_for_the_next() -> None:
+    mailbox = Mailbox()
+    mailbox.put_nowait(b"first")
+    mailbox.put_nowait(b"second")
+    assert await mailbox.get() == b"first"
+    assert await mailbox.get() == b"second"
+    assert mailbox.empty()
+    waiting = asyncio.ensure_future(mailbox.get())
+    await asyncio.sleep(0.01)
+    assert not waiting.done()
+    mailbox.put_nowait(b"third")
+    assert await asyncio.wait_for(waiting, 1) == b"third"
+
+
+async def test_mailbox_stays_usable_after_a_cancelled_get() -> None:
+    mailbox = Mailbox()
+    waiting = asyncio.ensure_future(mailbox.get())
+    await asyncio.sleep(0.01)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    mailbox.put_nowait(b"later")
+    assert await asyncio.wait_for(mailbox.get(), 1) == b"later"

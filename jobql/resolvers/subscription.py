@@ -1,4 +1,3 @@
-import asyncio
 from collections.abc import AsyncGenerator
 from typing import Any
 
@@ -10,7 +9,7 @@ from jobql.jobs import JobSnapshot, event_order, is_job_id, load_meta, meta_key,
 from jobql.resolvers.context import Context, redis_errors_as_unavailable
 from jobql.schema.types import Job
 from jobql.store import JobStore
-from jobql.watcher import Event, WatchLost
+from jobql.watcher import Mailbox, WatchLost
 
 
 async def job(info: Info[Context, None], id: strawberry.ID) -> AsyncGenerator[Job, None]:
@@ -35,7 +34,7 @@ async def _changes(
     job_id: str,
     record: dict[str, str],
     meta: dict[str, Any] | None,
-    events: asyncio.Queue[Event],
+    events: Mailbox,
 ) -> AsyncGenerator[JobSnapshot, None]:
     current = snapshot(job_id, record, meta)
     yield current
