@@ -1,36 +1,82 @@
-"""Celery's Redis result backend, storing a state in one round trip instead of two.
+"""Celery's Redis result backend, with each state write in one round trip.
 
 Celery reads a task's stored state before each write, so that a late write from a
-lost worker cannot replace SUCCESS, then writes and PUBLISHes the new one. Here the
-check and the write are one script: a single round trip, and no gap between them.
+lost worker cannot replace SUCCESS, then writes and PUBLISHes the new one: two round
+trips, with a gap between them. Here the check and the write are one script. The
+same scripts keep the job record: the start of a delivery is counted with its
+STARTED write, and a finished job is counted in the stats with its final write (and
+only once, however often it is delivered).
 """
 
 from __future__ import annotations
 
+import json
+import secrets
+import time
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from celery import states
 from celery.backends.redis import RedisBackend
 from celery.exceptions import BackendStoreError
-from kombu.utils.encoding import bytes_to_str
+
+from jobql.stats import STATS_KEY, finished_increments
 
 if TYPE_CHECKING:
     from redis.commands.core import Script
 
-STORE_UNLESS_SUCCEEDED = """
-local current = redis.call('GET', KEYS[1])
-if current and cjson.decode(current)['status'] == 'SUCCESS' then
-    return 0
+FINISHED_STATES = frozenset({states.SUCCESS, states.FAILURE})
+# Stands for the attempt number in a STARTED meta until the script knows it; random, so
+# that no task argument (the meta holds those too) can be taken for it.
+ATTEMPT_MARK = f"attempt-{secrets.token_hex(16)}"
+
+_STORE = """
+local function store(key, value, expires)
+    local current = redis.call('GET', key)
+    if current and cjson.decode(current)['status'] == 'SUCCESS' then
+        return 0
+    end
+    if tonumber(expires) > 0 then
+        redis.call('SET', key, value, 'EX', expires)
+    else
+        redis.call('SET', key, value)
+    end
+    redis.call('PUBLISH', key, value)
+    return 1
 end
-if tonumber(ARGV[2]) > 0 then
-    redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-else
-    redis.call('SET', KEYS[1], ARGV[1])
-end
-redis.call('PUBLISH', KEYS[1], ARGV[1])
-return 1
 """
+
+# KEYS: the meta, the stats hash. ARGV: the meta, its expiry in seconds (0: none), then
+# field and amount pairs to add to the stats if the meta was stored.
+STORE_STATE = (
+    _STORE
+    + """
+local stored = store(KEYS[1], ARGV[1], ARGV[2])
+if stored == 1 then
+    for i = 3, #ARGV, 2 do
+        redis.call('HINCRBYFLOAT', KEYS[2], ARGV[i], ARGV[i + 1])
+    end
+end
+return stored
+"""
+)
+
+# KEYS: the job record, its queue's pending set, the meta. ARGV: the start time, this
+# try's deliveries field, the record's expiry, the job id, the meta before and after
+# its attempt number, the meta's expiry. Returns the attempt number.
+START = (
+    _STORE
+    + """
+redis.call('HSETNX', KEYS[1], 'started_at', ARGV[1])
+local attempt = redis.call('HINCRBY', KEYS[1], ARGV[2], 1)
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+-- A worker holds the message now: recovery's copy of it is not needed.
+redis.call('ZREM', KEYS[2], ARGV[4])
+redis.call('HDEL', KEYS[1], 'message', 'missing_since')
+store(KEYS[3], ARGV[5] .. attempt .. ARGV[6], ARGV[7])
+return attempt
+"""
+)
 
 
 def backend_url(redis_url: str) -> str:
@@ -47,8 +93,34 @@ class JobResultBackend(RedisBackend):
         def _get_result_meta(self, **fields: Any) -> dict[str, Any]: ...
 
     @cached_property
-    def _store_script(self) -> Script:
-        return self.client.register_script(STORE_UNLESS_SUCCEEDED)  # type: ignore[no-any-return]
+    def _store_state(self) -> Script:
+        return self.client.register_script(STORE_STATE)  # type: ignore[no-any-return]
+
+    @cached_property
+    def _start(self) -> Script:
+        return self.client.register_script(START)  # type: ignore[no-any-return]
+
+    def mark_as_started_delivery(
+        self,
+        task_id: str,
+        request: Any,
+        *,
+        record: str,
+        pending: str,
+        started_at: str,
+        deliveries_field: str,
+        **result: Any,
+    ) -> int:
+        """Count this delivery in the job record and store STARTED with its attempt number
+        and `result`, in one round trip; return the attempt number."""
+        result = {"attempt": ATTEMPT_MARK, **result}
+        meta = self._meta(task_id, result, states.STARTED, None, request)
+        before, mark, after = self._encode_text(meta).partition(json.dumps(ATTEMPT_MARK))
+        assert mark, "the STARTED meta lost its attempt mark"
+        keys = [record, pending, self.get_key_for_task(task_id)]
+        argv = [started_at, deliveries_field, int(self.expires or 0), task_id, before, after]
+        attempt = self.ensure(self._start, (keys, [*argv, int(self.expires or 0)]))
+        return int(attempt)
 
     def _store_result(
         self,
@@ -59,15 +131,36 @@ class JobResultBackend(RedisBackend):
         request: Any = None,
         **kwargs: Any,
     ) -> Any:
-        meta = self._get_result_meta(
-            result=result, state=state, traceback=traceback, request=request
-        )
-        meta["task_id"] = bytes_to_str(task_id)
-        value = self.encode(meta)
+        value = self._encode_text(self._meta(task_id, result, state, traceback, request))
         if len(value) > self._MAX_STR_VALUE_SIZE:
             message = "value too large for Redis backend"
             raise BackendStoreError(message, state=state, task_id=task_id)  # type: ignore[call-arg]
         expires = self.failure_expires if state == states.FAILURE else self.expires
-        key = self.get_key_for_task(task_id)
-        self.ensure(self._store_script, ([key], [value, int(expires or 0)]))
+        argv: list[str | int | float] = [value, int(expires or 0)]
+        for field, amount in _finished(state, request).items():
+            argv += [field, amount]
+        keys = [self.get_key_for_task(task_id), STATS_KEY]
+        self.ensure(self._store_state, (keys, argv))
         return result
+
+    def _encode_text(self, meta: dict[str, Any]) -> str:
+        # JSON comes out as text (celery-types says bytes).
+        return cast("str", self.encode(meta))
+
+    def _meta(
+        self, task_id: str, result: Any, state: str, traceback: str | None, request: Any
+    ) -> dict[str, Any]:
+        meta = self._get_result_meta(
+            result=result, state=state, traceback=traceback, request=request
+        )
+        meta["task_id"] = task_id
+        return meta
+
+
+def _finished(state: str, request: Any) -> dict[str, float]:
+    """What a job's final write adds to the stats (nothing for other writes)."""
+    started = getattr(request, "started", None)
+    if state not in FINISHED_STATES or started is None:
+        return {}
+    kind = str(request.task).removeprefix("jobql.")
+    return finished_increments(kind, state, time.monotonic() - started)

@@ -6,10 +6,9 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from celery import Celery, Task, signals
-from celery.states import STARTED
 
 from jobql.jobs import (
     DEFAULT_QUEUE,
@@ -22,7 +21,6 @@ from jobql.jobs import (
     utcnow,
 )
 from jobql.logs import configure_logging, current_job_id
-from jobql.stats import STATS_KEY, finished_increments
 from jobql.tasks.avatar import InvalidImage, existing_avatar, make_avatar
 from jobql.tasks.backend import backend_url
 from jobql.tasks.housekeeping import housekeeping_step
@@ -32,6 +30,7 @@ if TYPE_CHECKING:
     from redis import Redis
 
     from jobql.settings import Settings
+    from jobql.tasks.backend import JobResultBackend
 
 AVATARS_URL = "/media/avatars"
 SENT_PREFIX = "jobql:sent:"
@@ -47,32 +46,20 @@ class JobTask(Task):  # type: ignore[type-arg]
         return self.backend.client  # type: ignore[attr-defined,no-any-return]
 
     def before_start(self, task_id: str, args: Any, kwargs: Any) -> None:
-        """Stamp the start time, count this delivery of this try, then say STARTED."""
-        key = record_key(task_id)
-        with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hsetnx(key, "started_at", utcnow().isoformat())
-            pipe.hincrby(key, f"deliveries:{self.request.retries}", 1)
-            pipe.expire(key, self.app.conf.result_expires)
-            # Started: the broker holds the message now; recovery's copy is not needed.
-            pipe.zrem(pending_key(self.queue_name), task_id)
-            pipe.hdel(key, "message", "missing_since")
-            _, attempt, *_ = pipe.execute()
+        """Stamp the start time, count this delivery of this try, and say STARTED."""
+        backend = cast("JobResultBackend", self.backend)
+        attempt = backend.mark_as_started_delivery(
+            task_id,
+            self.request,
+            record=record_key(task_id),
+            pending=pending_key(self.queue_name),
+            started_at=utcnow().isoformat(),
+            deliveries_field=f"deliveries:{self.request.retries}",
+            pid=os.getpid(),
+        )
         self.request.attempt = attempt  # type: ignore[attr-defined]
+        # Read by the backend when it stores the final state, to count the run time.
         self.request.started = time.monotonic()  # type: ignore[attr-defined]
-        self.update_state(state=STARTED, meta={"attempt": attempt, "pid": os.getpid()})
-
-    def after_return(
-        self, status: str, retval: Any, task_id: str, args: Any, kwargs: Any, einfo: Any
-    ) -> None:
-        """Count a finished job and its run time (a retry is not finished)."""
-        if status not in (JobState.SUCCESS, JobState.FAILURE):
-            return
-        seconds = time.monotonic() - getattr(self.request, "started", time.monotonic())
-        kind = str(self.name).removeprefix("jobql.")
-        with self.redis.pipeline(transaction=False) as pipe:
-            for field, amount in finished_increments(kind, status, seconds).items():
-                pipe.hincrbyfloat(STATS_KEY, field, amount)
-            pipe.execute()
 
     @property
     def queue_name(self) -> str:

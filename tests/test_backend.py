@@ -1,0 +1,151 @@
+"""JobResultBackend against a real Redis: one round trip a write, SUCCESS final, stats once."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import TYPE_CHECKING, Any, cast
+
+import pytest
+import redis
+from celery import Celery
+from celery.app.task import Context
+
+from jobql.jobs import JobKind, meta_key, pending_key, record_key
+from jobql.stats import STATS_KEY
+from jobql.tasks.backend import ATTEMPT_MARK, JobResultBackend, backend_url
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from jobql.redis_server import RedisServer
+
+RESULT_EXPIRES = 600
+
+
+@pytest.fixture
+def backend(redis_server: RedisServer) -> JobResultBackend:
+    app = Celery("jobql-test", backend=backend_url(redis_server.url), set_as_current=False)
+    app.conf.update(
+        result_serializer="json",
+        accept_content=["json"],
+        result_extended=True,
+        result_expires=RESULT_EXPIRES,
+    )
+    return cast("JobResultBackend", app.backend)
+
+
+@pytest.fixture
+def client(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    with redis.Redis.from_url(redis_server.url) as client:
+        yield client
+
+
+def request(job_id: str, *args: Any, started: float | None = None) -> Context:
+    context = Context(
+        id=job_id,
+        task=JobKind.WELCOME_EMAIL.task_name,
+        retries=0,
+        args=list(args),
+        kwargs={},
+        delivery_info={"routing_key": "celery"},
+    )
+    if started is not None:
+        context.started = started  # type: ignore[attr-defined]
+    return context
+
+
+def stored(client: redis.Redis, job_id: str) -> dict[str, Any]:
+    raw = client.get(meta_key(job_id))
+    assert isinstance(raw, bytes)
+    return cast("dict[str, Any]", json.loads(raw))
+
+
+def test_a_write_is_stored_and_published_on_the_job_channel(
+    backend: JobResultBackend, client: redis.Redis
+) -> None:
+    job_id = str(uuid.uuid4())
+    with client.pubsub() as pubsub:  # type: ignore[no-untyped-call]
+        pubsub.subscribe(meta_key(job_id))
+        pubsub.get_message(timeout=1)  # the subscription's confirmation
+        backend.store_result(job_id, {"progress": 40}, "PROGRESS", request=request(job_id))
+        message = pubsub.get_message(timeout=2)
+    assert message is not None
+    assert json.loads(message["data"])["result"] == {"progress": 40}
+    assert stored(client, job_id)["status"] == "PROGRESS"
+    assert 0 < client.ttl(meta_key(job_id)) <= RESULT_EXPIRES
+
+
+def test_nothing_replaces_success(backend: JobResultBackend, client: redis.Redis) -> None:
+    job_id = str(uuid.uuid4())
+    backend.mark_as_done(job_id, {"recipient": "a@example.com"}, request=request(job_id))
+    backend.store_result(job_id, {"progress": 50}, "PROGRESS", request=request(job_id))
+    assert stored(client, job_id)["status"] == "SUCCESS"
+    assert stored(client, job_id)["result"] == {"recipient": "a@example.com"}
+
+
+def test_a_finished_job_is_counted_once_however_often_it_is_stored(
+    backend: JobResultBackend, client: redis.Redis
+) -> None:
+    job_id = str(uuid.uuid4())
+    before = float(client.hget(STATS_KEY, "finished:welcome_email:SUCCESS") or 0)
+    for _ in range(2):  # a redelivered job finishing again
+        started = time.monotonic() - 0.2
+        backend.mark_as_done(job_id, {}, request=request(job_id, started=started))
+    after = float(client.hget(STATS_KEY, "finished:welcome_email:SUCCESS") or 0)
+    assert after - before == 1
+    # Writes that do not finish the job count nothing.
+    backend.store_result(str(uuid.uuid4()), {}, "PROGRESS", request=request(job_id, started=0))
+    assert float(client.hget(STATS_KEY, "finished:welcome_email:SUCCESS") or 0) == after
+
+
+def test_start_counts_the_delivery_and_stores_started_with_its_attempt(
+    backend: JobResultBackend, client: redis.Redis
+) -> None:
+    job_id = str(uuid.uuid4())
+    record, pending = record_key(job_id), pending_key("celery")
+    client.hset(record, mapping={"owner": "u", "message": "{}", "missing_since": "1"})
+    client.zadd(pending, {job_id: 1})
+    # An argument that looks like the attempt's stand-in is stored as it came.
+    args = ("a@example.com", ATTEMPT_MARK)
+
+    attempts = [
+        backend.mark_as_started_delivery(
+            job_id,
+            request(job_id, *args),
+            record=record,
+            pending=pending,
+            started_at="2026-01-01T00:00:00+00:00",
+            deliveries_field="deliveries:0",
+            pid=1234,
+        )
+        for _ in range(2)
+    ]
+
+    assert attempts == [1, 2]
+    meta = stored(client, job_id)
+    assert meta["status"] == "STARTED"
+    assert meta["result"] == {"attempt": 2, "pid": 1234}
+    assert meta["args"] == list(args)
+    assert client.hget(record, "deliveries:0") == b"2"
+    assert client.hget(record, "started_at") == b"2026-01-01T00:00:00+00:00"
+    assert client.hmget(record, "message", "missing_since") == [None, None]
+    assert client.zscore(pending, job_id) is None
+
+
+def test_a_late_start_does_not_replace_success(
+    backend: JobResultBackend, client: redis.Redis
+) -> None:
+    job_id = str(uuid.uuid4())
+    backend.mark_as_done(job_id, {"done": True}, request=request(job_id))
+    attempt = backend.mark_as_started_delivery(
+        job_id,
+        request(job_id),
+        record=record_key(job_id),
+        pending=pending_key("celery"),
+        started_at="2026-01-01T00:00:00+00:00",
+        deliveries_field="deliveries:0",
+    )
+    assert attempt == 1
+    assert stored(client, job_id)["status"] == "SUCCESS"
