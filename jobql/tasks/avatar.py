@@ -109,13 +109,15 @@ def _decode(source: Path, size: int, max_pixels: int) -> Image.Image:
 
 def _centre_square(image: Image.Image, size: int) -> Image.Image:
     """Crop the centred square and scale it to `size` in one resize: with `reducing_gap`,
-    Pillow first shrinks by a whole factor, cheaply, then resamples what is left."""
+    Pillow first shrinks by a whole factor, cheaply, then resamples what is left (with
+    bicubic, as Pillow's `thumbnail` does: at twice the final size or less, Lanczos looks
+    no better and takes a sixth longer)."""
     width, height = image.size
     side = min(width, height)
     left, top = (width - side) / 2, (height - side) / 2
     return image.resize(
         (size, size),
-        Image.Resampling.LANCZOS,
+        Image.Resampling.BICUBIC,
         box=(left, top, left + side, top + side),
         reducing_gap=2.0,
     )
