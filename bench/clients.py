@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import websockets
 
+OPENING_AT_ONCE = 200
 SUBSCRIPTION = "subscription($id: ID!) { job(id: $id) { state progress } }"
 
 
@@ -81,6 +82,19 @@ async def poll(
         await asyncio.sleep(interval)
 
 
+async def first_answers(tasks: list[asyncio.Task[None]], readies: list[asyncio.Event]) -> None:
+    """Wait until each client has its first answer; end the run if one fails instead."""
+    all_ready = asyncio.ensure_future(asyncio.gather(*(ready.wait() for ready in readies)))
+    running: set[asyncio.Future[Any]] = {all_ready, *tasks}
+    while not all_ready.done():
+        done, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+        failed = [task for task in done if task is not all_ready and task.exception()]
+        if failed:
+            all_ready.cancel()
+            print(f"failed: {failed[0].exception()}", flush=True)
+            sys.exit(1)
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("mode", choices=["subscribe", "poll"])
@@ -96,25 +110,22 @@ async def main() -> None:
     readies = [asyncio.Event() for _ in job_ids]
     limits = httpx.Limits(max_connections=200)
     async with httpx.AsyncClient(limits=limits, timeout=30) as client:
-        tasks = []
+        tasks: list[asyncio.Task[None]] = []
         for n, (job_id, ready) in enumerate(zip(job_ids, readies, strict=True)):
             if args.mode == "subscribe":
                 tasks.append(
                     asyncio.create_task(subscribe(args.url, args.token, job_id, ready, out))
                 )
-                if n % 200 == 199:
-                    await asyncio.sleep(0.05)  # do not flood the accept queue
             else:
                 tasks.append(
                     asyncio.create_task(poll(args.url, job_id, args.interval, ready, out, client))
                 )
-        all_ready = asyncio.ensure_future(asyncio.gather(*(ready.wait() for ready in readies)))
-        running: list[asyncio.Future[Any]] = [all_ready, *tasks]
-        await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
-        if not all_ready.done():
-            failed = next(task for task in tasks if task.done())
-            print(f"failed: {failed.exception() or 'a client stopped'}", flush=True)
-            sys.exit(1)
+            if n % OPENING_AT_ONCE == OPENING_AT_ONCE - 1:
+                # Open in batches: a flood of handshakes overflows the server's accept queue.
+                await first_answers(
+                    tasks[-OPENING_AT_ONCE:], readies[n + 1 - OPENING_AT_ONCE : n + 1]
+                )
+        await first_answers(tasks, readies)
         print("ready", flush=True)
         await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
         print("\n".join(out), flush=True)
