@@ -14,7 +14,13 @@ from celery.app.task import Context
 
 from jobql.jobs import JobKind, meta_key, pending_key, record_key
 from jobql.stats import STATS_KEY
-from jobql.tasks.backend import ATTEMPT_MARK, JobResultBackend, backend_url
+from jobql.tasks.backend import (
+    ATTEMPT_MARK,
+    SENT_MESSAGE_ID,
+    Delivery,
+    JobResultBackend,
+    backend_url,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -123,7 +129,7 @@ def test_start_counts_the_delivery_and_stores_started_with_its_attempt(
         for _ in range(2)
     ]
 
-    assert attempts == [1, 2]
+    assert attempts == [Delivery(1, None), Delivery(2, None)]
     meta = stored(client, job_id)
     assert meta["status"] == "STARTED"
     assert meta["result"] == {"attempt": 2, "pid": 1234}
@@ -139,7 +145,7 @@ def test_a_late_start_does_not_replace_success(
 ) -> None:
     job_id = str(uuid.uuid4())
     backend.mark_as_done(job_id, {"done": True}, request=request(job_id))
-    attempt = backend.mark_as_started_delivery(
+    delivery = backend.mark_as_started_delivery(
         job_id,
         request(job_id),
         record=record_key(job_id),
@@ -147,5 +153,21 @@ def test_a_late_start_does_not_replace_success(
         started_at="2026-01-01T00:00:00+00:00",
         deliveries_field="deliveries:0",
     )
-    assert attempt == 1
+    assert delivery.attempt == 1
     assert stored(client, job_id)["status"] == "SUCCESS"
+
+
+def test_start_hands_back_the_message_id_an_earlier_delivery_sent(
+    backend: JobResultBackend, client: redis.Redis
+) -> None:
+    job_id = str(uuid.uuid4())
+    client.hset(record_key(job_id), SENT_MESSAGE_ID, f"<{job_id}@jobql>")
+    delivery = backend.mark_as_started_delivery(
+        job_id,
+        request(job_id),
+        record=record_key(job_id),
+        pending=pending_key("celery"),
+        started_at="2026-01-01T00:00:00+00:00",
+        deliveries_field="deliveries:0",
+    )
+    assert delivery == Delivery(1, f"<{job_id}@jobql>")

@@ -24,6 +24,7 @@ from redis import Redis
 
 from jobql.auth import SCOPE_SEND_EMAIL
 from jobql.jobs import meta_key, record_key
+from jobql.tasks.backend import SENT_MESSAGE_ID
 from tests.conftest import token
 from tests.graphql_clients import (
     JOB_QUERY,
@@ -263,6 +264,24 @@ async def test_smtp_down_retries_until_it_is_back(make_stack: Callable[..., Stac
 
     assert events[-1]["state"] == "SUCCESS"
     assert len(stack.smtp.handler.to(address)) == 1
+
+
+async def test_email_an_earlier_delivery_sent_is_not_sent_again(
+    make_stack: Callable[..., Stack],
+) -> None:
+    stack = make_stack()  # FAULT_SETTINGS leave no room for a delay
+    stack.add_worker(concurrency=1)
+    web = stack.start_web()
+    address = f"once-{uuid.uuid4().hex[:6]}@example.com"
+    job_id = await send_welcome(web, address, delaySeconds=2)
+    # What a delivery leaves when the server accepted its message and it died before SUCCESS.
+    with Redis.from_url(stack.settings.redis_url) as client:
+        client.hset(record_key(job_id), SENT_MESSAGE_ID, f"<{job_id}@jobql>")
+
+    events = await follow_to_end(web, job_id, within=30)
+
+    assert events[-1]["state"] == "SUCCESS"
+    assert stack.smtp.handler.to(address) == []
 
 
 async def test_smtp_5xx_fails_at_once_without_a_retry_storm(

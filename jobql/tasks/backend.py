@@ -4,7 +4,8 @@ Celery reads a task's stored state before each write, so that a late write from 
 lost worker cannot replace SUCCESS, then writes and PUBLISHes the new one: two round
 trips, with a gap between them. Here the check and the write are one script. The
 same scripts keep the job record: the start of a delivery is counted with its
-STARTED write, and a finished job is counted in the stats with its final write (and
+STARTED write (which also reads back the Message-ID of a welcome email an earlier
+delivery sent), and a finished job is counted in the stats with its final write (and
 only once, however often it is delivered).
 """
 
@@ -14,7 +15,7 @@ import json
 import secrets
 import time
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 from celery import states
 from celery.backends.redis import RedisBackend
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from redis.commands.core import Script
 
 FINISHED_STATES = frozenset({states.SUCCESS, states.FAILURE})
+SENT_MESSAGE_ID = "sent_message_id"  # in the job record, once a welcome email was accepted
 # Stands for the attempt number in a STARTED meta until the script knows it; random, so
 # that no task argument (the meta holds those too) can be taken for it.
 ATTEMPT_MARK = f"attempt-{secrets.token_hex(16)}"
@@ -63,7 +65,8 @@ return stored
 
 # KEYS: the job record, its queue's pending set, the meta. ARGV: the start time, this
 # try's deliveries field, the record's expiry, the job id, the meta before and after
-# its attempt number, the meta's expiry. Returns the attempt number.
+# its attempt number, the meta's expiry, the record's sent Message-ID field. Returns
+# the attempt number and the Message-ID an earlier delivery sent ('' if none).
 START = (
     _STORE
     + """
@@ -74,9 +77,14 @@ redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('ZREM', KEYS[2], ARGV[4])
 redis.call('HDEL', KEYS[1], 'message', 'missing_since')
 store(KEYS[3], ARGV[5] .. attempt .. ARGV[6], ARGV[7])
-return attempt
+return {attempt, redis.call('HGET', KEYS[1], ARGV[8]) or ''}
 """
 )
+
+
+class Delivery(NamedTuple):
+    attempt: int  # this delivery's number among those of the job's current try
+    sent_message_id: str | None  # the welcome email an earlier delivery already sent
 
 
 def backend_url(redis_url: str) -> str:
@@ -110,17 +118,18 @@ class JobResultBackend(RedisBackend):
         started_at: str,
         deliveries_field: str,
         **result: Any,
-    ) -> int:
+    ) -> Delivery:
         """Count this delivery in the job record and store STARTED with its attempt number
-        and `result`, in one round trip; return the attempt number."""
+        and `result`, in one round trip."""
         result = {"attempt": ATTEMPT_MARK, **result}
         meta = self._meta(task_id, result, states.STARTED, None, request)
         before, mark, after = self._encode_text(meta).partition(json.dumps(ATTEMPT_MARK))
         assert mark, "the STARTED meta lost its attempt mark"
         keys = [record, pending, self.get_key_for_task(task_id)]
         argv = [started_at, deliveries_field, int(self.expires or 0), task_id, before, after]
-        attempt = self.ensure(self._start, (keys, [*argv, int(self.expires or 0)]))
-        return int(attempt)
+        argv += [int(self.expires or 0), SENT_MESSAGE_ID]
+        attempt, sent = self.ensure(self._start, (keys, argv))
+        return Delivery(int(attempt), sent.decode() or None)
 
     def _store_result(
         self,

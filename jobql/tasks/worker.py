@@ -22,7 +22,7 @@ from jobql.jobs import (
 )
 from jobql.logs import configure_logging, current_job_id
 from jobql.tasks.avatar import InvalidImage, existing_avatar, make_avatar
-from jobql.tasks.backend import backend_url
+from jobql.tasks.backend import SENT_MESSAGE_ID, backend_url
 from jobql.tasks.housekeeping import housekeeping_step
 from jobql.tasks.mail import MailRejected, MailTemporarilyFailed, create_mail_app, send_welcome
 
@@ -33,7 +33,6 @@ if TYPE_CHECKING:
     from jobql.tasks.backend import JobResultBackend
 
 AVATARS_URL = "/media/avatars"
-SENT_PREFIX = "jobql:sent:"
 
 
 class JobTask(Task):  # type: ignore[type-arg]
@@ -48,7 +47,7 @@ class JobTask(Task):  # type: ignore[type-arg]
     def before_start(self, task_id: str, args: Any, kwargs: Any) -> None:
         """Stamp the start time, count this delivery of this try, and say STARTED."""
         backend = cast("JobResultBackend", self.backend)
-        attempt = backend.mark_as_started_delivery(
+        delivery = backend.mark_as_started_delivery(
             task_id,
             self.request,
             record=record_key(task_id),
@@ -57,7 +56,8 @@ class JobTask(Task):  # type: ignore[type-arg]
             deliveries_field=f"deliveries:{self.request.retries}",
             pid=os.getpid(),
         )
-        self.request.attempt = attempt  # type: ignore[attr-defined]
+        self.request.attempt = delivery.attempt  # type: ignore[attr-defined]
+        self.request.sent_message_id = delivery.sent_message_id  # type: ignore[attr-defined]
         # Read by the backend when it stores the final state, to count the run time.
         self.request.started = time.monotonic()  # type: ignore[attr-defined]
 
@@ -71,6 +71,14 @@ class JobTask(Task):  # type: ignore[type-arg]
             state=JobState.PROGRESS.value,
             meta={"progress": percent, "attempt": getattr(self.request, "attempt", 0)},
         )
+
+    def record_sent(self, message_id: str) -> None:
+        """Note in the job record that its email was accepted: no delivery sends it again."""
+        key = record_key(str(self.request.id))
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(key, SENT_MESSAGE_ID, message_id)
+            pipe.expire(key, self.app.conf.result_expires)
+            pipe.execute()
 
     def refuse_poison(self) -> None:
         """End a job that keeps killing its worker, instead of handing it on forever."""
@@ -169,19 +177,17 @@ def create_worker_app(settings: Settings) -> Celery:
     )
     def welcome_email(self: JobTask, recipient: str, username: str) -> dict[str, Any]:
         self.refuse_poison()
+        sent = getattr(self.request, "sent_message_id", None)
+        if sent is not None:  # an earlier delivery sent it, then died before it could say so
+            return {"recipient": recipient, "message_id": sent}
         job_id = str(self.request.id)
-        marker = SendOnce(self.redis, job_id, settings.result_expires)
-        if marker.already_sent():
-            return {"recipient": recipient, "message_id": marker.message_id()}
         try:
             message_id = send_welcome(
-                mail_app, job_id, recipient, username, self.report_progress, marker.confirm
+                mail_app, job_id, recipient, username, self.report_progress, self.record_sent
             )
         except MailRejected as exc:
-            marker.forget()
             raise JobFailed("SMTP_REJECTED", f"The mail server refused: {exc}.") from None
         except MailTemporarilyFailed as exc:
-            marker.forget()
             retries = self.request.retries
             if retries >= settings.mail_max_retries:
                 raise JobFailed(
@@ -191,42 +197,6 @@ def create_worker_app(settings: Settings) -> Celery:
         return {"recipient": recipient, "message_id": message_id}
 
     return app
-
-
-class SendOnce:
-    """A marker that keeps a redelivered job from sending its email twice.
-
-    It reads "sending" while a send is under way and holds the Message-ID once the
-    server has accepted the message. A redelivery that finds a Message-ID does not
-    send again; one that finds "sending" does, because that send was never confirmed.
-    """
-
-    SENDING = b"sending"
-
-    def __init__(self, redis: Redis, job_id: str, expires: int) -> None:
-        self.redis = redis
-        self.key = f"{SENT_PREFIX}{job_id}"
-        self.expires = expires
-        self._sent: bytes | None = None
-
-    def already_sent(self) -> bool:
-        if self.redis.set(self.key, self.SENDING, ex=self.expires, nx=True):
-            return False
-        previous = self.redis.get(self.key)
-        if isinstance(previous, bytes) and previous != self.SENDING:
-            self._sent = previous
-            return True
-        return False
-
-    def message_id(self) -> str:
-        assert self._sent is not None
-        return self._sent.decode()
-
-    def confirm(self, message_id: str) -> None:
-        self.redis.set(self.key, message_id, ex=self.expires)
-
-    def forget(self) -> None:
-        self.redis.delete(self.key)
 
 
 def _log_with_job_ids(settings: Settings) -> None:
