@@ -55,5 +55,7 @@ def route_uvicorn_logs_to_root() -> None:
     """uvicorn installs handlers of its own; send its lines through the root's instead."""
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logger = logging.getLogger(name)
+        if not logger.handlers and not logger.propagate:
+            continue  # turned off, as `--no-access-log` does: it stays off
         logger.handlers.clear()
         logger.propagate = True
