@@ -46,7 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     web = commands.add_parser("web", help="serve the GraphQL API with uvicorn")
     web.add_argument("--host", default="127.0.0.1")
     web.add_argument("--port", type=int, default=8000)
-    web.add_argument("--workers", type=int, default=1)
+    web.add_argument(
+        "--workers", type=int, default=1, help="processes, handed new connections in turn"
+    )
     web.add_argument(
         "--access-log",
         action=argparse.BooleanOptionalAction,
@@ -122,15 +124,18 @@ def _client_options(parser: argparse.ArgumentParser, wait: bool = True) -> None:
 
 
 def _web(args: argparse.Namespace, extra: list[str]) -> int:
-    import uvicorn
+    from jobql.logs import configure_logging
+    from jobql.processes import serve
 
-    Settings().require_secret_key()
-    uvicorn.run(
-        "jobql.app:create_app",
+    settings = Settings()
+    settings.require_secret_key()
+    configure_logging(settings.log_json)
+    return serve(
+        args.host,
+        args.port,
+        args.workers,
+        app="jobql.app:create_app",
         factory=True,
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
         access_log=args.access_log,
         # Compressing small JSON frames saves little and costs each WebSocket about
         # 40 KiB of zlib state, which is most of what a subscription costs the server.
@@ -139,7 +144,6 @@ def _web(args: argparse.Namespace, extra: list[str]) -> int:
         # pings a second, and each one delays whatever else the event loop had to do.
         ws_ping_interval=60.0,
     )
-    return 0
 
 
 def _worker(args: argparse.Namespace, extra: list[str]) -> int:

@@ -99,9 +99,10 @@ class WebServer:
         return f"http://127.0.0.1:{self.port}{path}"
 
 
-def start_web(settings: Settings, log_path: Path) -> WebServer:
+def start_web(settings: Settings, log_path: Path, workers: int = 1) -> WebServer:
     port = free_port()
     command = [sys.executable, "-m", "jobql", "web", "--port", str(port)]
+    command += ["--workers", str(workers)]
     process = Process(command, settings_env(settings), log_path)
     deadline = time.monotonic() + 30
     while True:
