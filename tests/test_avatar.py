@@ -10,7 +10,7 @@ import pytest
 from PIL import Image, ImageCms
 
 from jobql.jobs import ImageFormat
-from jobql.tasks.avatar import Avatar, InvalidImage, existing_avatar, make_avatar
+from jobql.tasks.avatar import Avatar, InvalidImage, existing_avatar, make_avatar, remove_leftovers
 from tests.images import is_blue, is_red, phone_photo, transparent_png, truncated_jpeg
 
 if TYPE_CHECKING:
@@ -445,3 +445,14 @@ def test_existing_avatar_reads_back_a_finished_one(tmp_path: Path) -> None:
 def test_a_missing_source_is_not_taken_for_a_bad_image(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         make_avatar(tmp_path / "gone.jpg", tmp_path / "a.jpg", 64, 80, ImageFormat.JPEG, 10**8)
+
+
+def test_remove_leftovers_removes_only_this_avatars_temporary_files(tmp_path: Path) -> None:
+    destination = tmp_path / "job.jpg"
+    mine = [tmp_path / ".job.jpg.101.tmp", tmp_path / ".job.jpg.202.tmp"]
+    others = [destination, tmp_path / ".other.jpg.101.tmp", tmp_path / "job.jpg.101.tmp"]
+    for path in mine + others:
+        path.write_bytes(b"x")
+    remove_leftovers(destination)
+    assert [path.exists() for path in mine] == [False, False]
+    assert all(path.exists() for path in others)

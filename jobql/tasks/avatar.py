@@ -57,9 +57,6 @@ def make_avatar(
         temporary.replace(destination)
     finally:
         temporary.unlink(missing_ok=True)
-    # A delivery that died mid-write left its own temporary file; this one finished.
-    for stale in destination.parent.glob(f".{destination.name}.*.tmp"):
-        stale.unlink(missing_ok=True)
     progress(90)
     return Avatar(
         path=destination,
@@ -68,6 +65,15 @@ def make_avatar(
         size_bytes=destination.stat().st_size,
         format=image_format,
     )
+
+
+def remove_leftovers(destination: Path) -> None:
+    """Remove what earlier deliveries that died mid-write left beside `destination`.
+
+    This lists the whole directory: worth it only when there was an earlier delivery.
+    """
+    for leftover in destination.parent.glob(f".{destination.name}.*.tmp"):
+        leftover.unlink(missing_ok=True)
 
 
 def existing_avatar(path: Path, image_format: ImageFormat) -> Avatar | None:

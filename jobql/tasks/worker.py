@@ -21,7 +21,7 @@ from jobql.jobs import (
     utcnow,
 )
 from jobql.logs import configure_logging, current_job_id
-from jobql.tasks.avatar import InvalidImage, existing_avatar, make_avatar
+from jobql.tasks.avatar import InvalidImage, existing_avatar, make_avatar, remove_leftovers
 from jobql.tasks.backend import SENT_MESSAGE_ID, backend_url
 from jobql.tasks.housekeeping import housekeeping_step
 from jobql.tasks.mail import MailRejected, MailTemporarilyFailed, create_mail_app, send_welcome
@@ -152,6 +152,8 @@ def create_worker_app(settings: Settings) -> Celery:
                     max_pixels=settings.max_image_pixels,
                     progress=self.report_progress,
                 )
+            if getattr(self.request, "attempt", 1) > 1:
+                remove_leftovers(destination)
         except FileNotFoundError:
             raise JobFailed(
                 "UPLOAD_LOST", "The uploaded file is gone; upload it again.", retryable=True
