@@ -171,3 +171,22 @@ def test_start_hands_back_the_message_id_an_earlier_delivery_sent(
         deliveries_field="deliveries:0",
     )
     assert delivery == Delivery(1, f"<{job_id}@jobql>")
+
+
+def test_sent_is_noted_in_the_record_with_its_progress(
+    backend: JobResultBackend, client: redis.Redis
+) -> None:
+    job_id = str(uuid.uuid4())
+    client.hset(record_key(job_id), "owner", "u")
+    backend.mark_as_sent(job_id, request(job_id), f"<{job_id}@jobql>", progress=90, attempt=1)
+    assert client.hget(record_key(job_id), SENT_MESSAGE_ID) == f"<{job_id}@jobql>".encode()
+    meta = stored(client, job_id)
+    assert (meta["status"], meta["result"]) == ("PROGRESS", {"progress": 90, "attempt": 1})
+
+
+def test_sent_does_not_bring_back_a_record_that_is_gone(
+    backend: JobResultBackend, client: redis.Redis
+) -> None:
+    job_id = str(uuid.uuid4())
+    backend.mark_as_sent(job_id, request(job_id), f"<{job_id}@jobql>", progress=90)
+    assert not client.exists(record_key(job_id))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import itertools
 import socket
 import threading
 import uuid
@@ -286,14 +285,12 @@ def test_non_ascii_username_survives(app: Flask, smtp_server: SmtpServer) -> Non
     assert "Zoë Ørsted 山田" in text_of(message, "html")
 
 
-def test_progress_is_strictly_increasing_within_0_to_100(app: Flask) -> None:
-    reported: list[int] = []
+def test_on_accepted_hears_the_message_id_once(app: Flask) -> None:
+    accepted: list[str] = []
 
-    send_welcome(app, unique(), recipient(), "grace", reported.append)
+    returned = send_welcome(app, "job-accepted", recipient(), "grace", accepted.append)
 
-    assert reported
-    assert all(0 <= percent <= 100 for percent in reported)
-    assert all(earlier < later for earlier, later in itertools.pairwise(reported))
+    assert accepted == [returned] == [message_id("job-accepted")]
 
 
 def test_send_restores_the_default_socket_timeout(app: Flask) -> None:

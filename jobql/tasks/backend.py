@@ -15,15 +15,19 @@ import json
 import secrets
 import time
 from functools import cached_property
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 from celery import states
 from celery.backends.redis import RedisBackend
 from celery.exceptions import BackendStoreError
 
+from jobql.jobs import JobState, record_key
 from jobql.stats import STATS_KEY, finished_increments
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from redis.commands.core import Script
 
 FINISHED_STATES = frozenset({states.SUCCESS, states.FAILURE})
@@ -48,14 +52,22 @@ local function store(key, value, expires)
 end
 """
 
-# KEYS: the meta, the stats hash. ARGV: the meta, its expiry in seconds (0: none), then
-# field and amount pairs to add to the stats if the meta was stored.
+# KEYS: the meta, the stats hash, the job record. ARGV: the meta, its expiry in seconds
+# (0: none), how many record fields follow, those field and value pairs (set whether or
+# not the meta is, if the record is still there), then field and amount pairs to add
+# to the stats if the meta was stored.
 STORE_STATE = (
     _STORE
     + """
 local stored = store(KEYS[1], ARGV[1], ARGV[2])
+local last_field = 3 + 2 * tonumber(ARGV[3])
+if last_field > 3 and redis.call('EXISTS', KEYS[3]) == 1 then
+    for i = 4, last_field, 2 do
+        redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1])
+    end
+end
 if stored == 1 then
-    for i = 3, #ARGV, 2 do
+    for i = last_field + 1, #ARGV, 2 do
         redis.call('HINCRBYFLOAT', KEYS[2], ARGV[i], ARGV[i + 1])
     end
 end
@@ -131,6 +143,12 @@ class JobResultBackend(RedisBackend):
         attempt, sent = self.ensure(self._start, (keys, argv))
         return Delivery(int(attempt), sent.decode() or None)
 
+    def mark_as_sent(self, task_id: str, request: Any, message_id: str, **result: Any) -> None:
+        """Store PROGRESS with `result`, and note in the job record that its email was
+        accepted (so that no later delivery sends it again), in one round trip."""
+        meta = self._meta(task_id, result, JobState.PROGRESS.value, None, request)
+        self._store(task_id, meta, self.expires, fields={SENT_MESSAGE_ID: message_id})
+
     def _store_result(
         self,
         task_id: str,
@@ -140,17 +158,30 @@ class JobResultBackend(RedisBackend):
         request: Any = None,
         **kwargs: Any,
     ) -> Any:
-        value = self._encode_text(self._meta(task_id, result, state, traceback, request))
+        meta = self._meta(task_id, result, state, traceback, request)
+        expires = self.failure_expires if state == states.FAILURE else self.expires
+        self._store(task_id, meta, expires, stats=_finished(state, request))
+        return result
+
+    def _store(
+        self,
+        task_id: str,
+        meta: dict[str, Any],
+        expires: int | None,
+        fields: Mapping[str, str] = MappingProxyType({}),
+        stats: Mapping[str, float] = MappingProxyType({}),
+    ) -> None:
+        value = self._encode_text(meta)
         if len(value) > self._MAX_STR_VALUE_SIZE:
             message = "value too large for Redis backend"
-            raise BackendStoreError(message, state=state, task_id=task_id)  # type: ignore[call-arg]
-        expires = self.failure_expires if state == states.FAILURE else self.expires
-        argv: list[str | int | float] = [value, int(expires or 0)]
-        for field, amount in _finished(state, request).items():
+            raise BackendStoreError(message, state=meta["status"], task_id=task_id)  # type: ignore[call-arg]
+        argv: list[str | int | float] = [value, int(expires or 0), len(fields)]
+        for field, text in fields.items():
+            argv += [field, text]
+        for field, amount in stats.items():
             argv += [field, amount]
-        keys = [self.get_key_for_task(task_id), STATS_KEY]
+        keys = [self.get_key_for_task(task_id), STATS_KEY, record_key(task_id)]
         self.ensure(self._store_state, (keys, argv))
-        return result
 
     def _encode_text(self, meta: dict[str, Any]) -> str:
         # JSON comes out as text (celery-types says bytes).

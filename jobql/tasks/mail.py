@@ -51,7 +51,6 @@ def send_welcome(
     job_id: str,
     recipient: str,
     username: str,
-    progress: Callable[[int], None] = lambda percent: None,
     on_accepted: Callable[[str], None] = lambda message_id: None,
 ) -> str:
     """Send the welcome email; return its Message-ID.
@@ -71,7 +70,6 @@ def send_welcome(
         message.msgId = message_id(job_id)
         try:
             with TimedConnection(app.extensions["mail"], app.config["MAIL_TIMEOUT"]) as connection:
-                progress(50)  # connected to the server
                 connection.send(message)
                 on_accepted(message.msgId)
         except smtplib.SMTPRecipientsRefused as exc:

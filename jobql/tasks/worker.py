@@ -22,7 +22,7 @@ from jobql.jobs import (
 )
 from jobql.logs import configure_logging, current_job_id
 from jobql.tasks.avatar import InvalidImage, existing_avatar, make_avatar, remove_leftovers
-from jobql.tasks.backend import SENT_MESSAGE_ID, backend_url
+from jobql.tasks.backend import backend_url
 from jobql.tasks.housekeeping import housekeeping_step
 from jobql.tasks.mail import MailRejected, MailTemporarilyFailed, create_mail_app, send_welcome
 
@@ -73,12 +73,13 @@ class JobTask(Task):  # type: ignore[type-arg]
         )
 
     def record_sent(self, message_id: str) -> None:
-        """Note in the job record that its email was accepted: no delivery sends it again."""
-        key = record_key(str(self.request.id))
-        with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(key, SENT_MESSAGE_ID, message_id)
-            pipe.expire(key, self.app.conf.result_expires)
-            pipe.execute()
+        """Note in the job record that its email was accepted, so that no delivery sends
+        it again, and tell the client (PROGRESS 90: only closing the connection is left)."""
+        backend = cast("JobResultBackend", self.backend)
+        attempt = getattr(self.request, "attempt", 0)
+        backend.mark_as_sent(
+            str(self.request.id), self.request, message_id, progress=90, attempt=attempt
+        )
 
     def refuse_poison(self) -> None:
         """End a job that keeps killing its worker, instead of handing it on forever."""
@@ -184,9 +185,7 @@ def create_worker_app(settings: Settings) -> Celery:
             return {"recipient": recipient, "message_id": sent}
         job_id = str(self.request.id)
         try:
-            message_id = send_welcome(
-                mail_app, job_id, recipient, username, self.report_progress, self.record_sent
-            )
+            message_id = send_welcome(mail_app, job_id, recipient, username, self.record_sent)
         except MailRejected as exc:
             raise JobFailed("SMTP_REJECTED", f"The mail server refused: {exc}.") from None
         except MailTemporarilyFailed as exc:
