@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import socket
 from typing import TYPE_CHECKING
 
 from redis.asyncio import ConnectionPool
@@ -23,6 +24,9 @@ if TYPE_CHECKING:
     from redis.asyncio.connection import AbstractConnection
 
 logger = logging.getLogger(__name__)
+
+# Probe an idle connection after 10 s, every 5 s, and give up after 3 unanswered probes.
+KEEPALIVE = {socket.TCP_KEEPIDLE: 10, socket.TCP_KEEPINTVL: 5, socket.TCP_KEEPCNT: 3}
 
 
 class WatchLost(ConnectionError):
@@ -61,19 +65,22 @@ class Mailbox:
 
 
 class JobWatcher:
-    def __init__(self, redis_url: str, timeout: float, health_check_interval: float = 5.0) -> None:
+    def __init__(self, redis_url: str, timeout: float) -> None:
         self._pool = ConnectionPool.from_url(
             # RESP2: pub/sub messages arrive as ordinary replies, not RESP3 push frames.
             redis_url,
             protocol=2,
             client_name="jobql-watch",
             socket_connect_timeout=timeout,
+            # A Redis host that vanished is found by the kernel's probes, which are not
+            # Redis commands: a watcher with nothing to hear sends Redis nothing.
             socket_keepalive=True,
+            socket_keepalive_options=KEEPALIVE,
         )
         self._timeout = timeout
-        self._health_check_interval = health_check_interval
+        self._probe: asyncio.Task[None] | None = None
         self._connection: AbstractConnection | None = None
-        self._tasks: list[asyncio.Task[None]] = []
+        self._reader: asyncio.Task[None] | None = None
         self._mailboxes: dict[bytes, set[Mailbox]] = {}
         self._confirmations: dict[bytes, asyncio.Future[None]] = {}
         self._lock = asyncio.Lock()
@@ -141,10 +148,7 @@ class JobWatcher:
             await connection.connect()  # type: ignore[no-untyped-call]
         self._connection = connection
         self._last_reply = asyncio.get_running_loop().time()
-        self._tasks = [
-            asyncio.create_task(self._read(connection), name="jobql-watcher-reader"),
-            asyncio.create_task(self._check_health(connection), name="jobql-watcher-health"),
-        ]
+        self._reader = asyncio.create_task(self._read(connection), name="jobql-watcher-reader")
         return connection
 
     async def _send(self, connection: AbstractConnection, *args: bytes | str) -> None:
@@ -165,20 +169,24 @@ class JobWatcher:
                 if self._connection is connection:
                     self._fail(WatchLost(f"lost the Redis pub/sub connection: {exc}"))
 
-    async def _check_health(self, connection: AbstractConnection) -> None:
-        """PING now and then; a connection that stays silent past a timeout is dropped."""
-        loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(self._health_check_interval)
-            sent = loop.time()
-            try:
-                await self._send(connection, "PING")
-                await asyncio.sleep(self._timeout)
-            except (RedisError, OSError, TimeoutError):
-                pass
-            if self._last_reply < sent:
-                await connection.disconnect(nowait=True)
-                return
+    def suspect(self) -> None:
+        """Another Redis call failed: PING, and drop the connection if no answer comes.
+
+        A Redis that hangs keeps its connections open; this is how open subscriptions
+        learn of it, as soon as anyone's query or mutation does.
+        """
+        connection = self._connection
+        if connection is None or (self._probe is not None and not self._probe.done()):
+            return
+        self._probe = asyncio.create_task(self._ping(connection), name="jobql-watcher-probe")
+
+    async def _ping(self, connection: AbstractConnection) -> None:
+        sent = asyncio.get_running_loop().time()
+        with contextlib.suppress(RedisError, OSError, TimeoutError):
+            await self._send(connection, "PING")
+            await asyncio.sleep(self._timeout)
+        if self._last_reply < sent and self._connection is connection:
+            await connection.disconnect(nowait=True)
 
     def _dispatch(self, reply: object) -> None:
         if not isinstance(reply, list) or len(reply) < 3:
@@ -201,10 +209,10 @@ class JobWatcher:
             if not confirmation.done():
                 confirmation.set_exception(error)
         current = asyncio.current_task()
-        for task in self._tasks:
-            if task is not current:
+        for task in (self._reader, self._probe):
+            if task is not None and task is not current:
                 task.cancel()
-        self._tasks = []
+        self._reader = self._probe = None
         self._mailboxes.clear()
         self._confirmations.clear()
         connection, self._connection = self._connection, None

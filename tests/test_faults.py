@@ -233,6 +233,8 @@ async def test_redis_that_stops_answering_is_service_unavailable_within_2_s(
     stack = make_stack(**FAULT_SETTINGS)
     web = stack.start_web()
     job_id = await send_welcome(web, f"p-{uuid.uuid4().hex[:6]}@example.com", delaySeconds=0)
+    subscription = asyncio.create_task(follow_to_end(web, job_id, within=30))  # no worker
+    await asyncio.sleep(0.5)
     assert stack.redis.process is not None
     os.kill(stack.redis.process.pid, signal.SIGSTOP)  # connections hang rather than fail
     try:
@@ -244,6 +246,11 @@ async def test_redis_that_stops_answering_is_service_unavailable_within_2_s(
                 await asyncio.wait_for(attempt, 2)
             assert raised.value.errors
             assert raised.value.errors[0]["extensions"]["code"] == "SERVICE_UNAVAILABLE"
+        # Those failures have the pub/sub connection checked: the subscription ends too.
+        with pytest.raises(TransportQueryError) as raised:
+            await asyncio.wait_for(subscription, 5)
+        assert raised.value.errors
+        assert raised.value.errors[0]["extensions"]["code"] == "SERVICE_UNAVAILABLE"
     finally:
         os.kill(stack.redis.process.pid, signal.SIGCONT)
     answer = await execute(http_client(web, token(USER)), JOB_QUERY, id=job_id)

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import uuid
 from typing import TYPE_CHECKING
 
@@ -13,7 +14,7 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from jobql.watcher import JobWatcher, Mailbox, WatchLost
+from jobql.watcher import KEEPALIVE, JobWatcher, Mailbox, WatchLost
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
 
 @pytest.fixture
 async def watcher(own_redis: RedisServer) -> AsyncIterator[JobWatcher]:
-    watcher = JobWatcher(own_redis.url, timeout=1.0, health_check_interval=0.5)
+    watcher = JobWatcher(own_redis.url, timeout=1.0)
     yield watcher
     await watcher.close()
 
@@ -96,18 +97,41 @@ async def test_watch_lost_when_redis_dies(
         assert await asyncio.wait_for(events.get(), 2) == b"back"
 
 
-async def test_watch_lost_when_redis_stops_answering(
+async def test_a_hung_redis_ends_the_watches_once_another_call_fails(
     watcher: JobWatcher, own_redis: RedisServer
 ) -> None:
     assert own_redis.process is not None
     async with watcher.watch(channel()) as events:
         os.kill(own_redis.process.pid, signal.SIGSTOP)
         try:
-            # The health check's PING goes unanswered: the watch ends instead of hanging.
+            # Nothing is sent while nothing happens: the watch waits...
+            await asyncio.sleep(1.5)
+            assert events.empty()
+            # ...until a query or mutation finds Redis unresponsive; then it ends.
+            watcher.suspect()
             event = await asyncio.wait_for(events.get(), 5)
         finally:
             os.kill(own_redis.process.pid, signal.SIGCONT)
     assert isinstance(event, WatchLost)
+
+
+async def test_an_idle_watcher_sends_redis_nothing(watcher: JobWatcher, client: Redis) -> None:
+    async with watcher.watch(channel()):
+        before = (await client.info("stats"))["total_commands_processed"]
+        await asyncio.sleep(2)
+        after = (await client.info("stats"))["total_commands_processed"]
+    assert after - before == 1  # the INFO that took the first count
+
+
+async def test_the_pub_sub_connection_has_tcp_keepalive(watcher: JobWatcher) -> None:
+    async with watcher.watch(channel()):
+        connection = watcher._connection
+        assert connection is not None
+        assert connection._writer is not None
+        sock = connection._writer.get_extra_info("socket")
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+        for option, value in KEEPALIVE.items():
+            assert sock.getsockopt(socket.IPPROTO_TCP, option) == value
 
 
 async def test_mailbox_hands_over_events_in_order_and_waits_for_the_next() -> None:

@@ -61,6 +61,16 @@ class Context(BaseContext):
         self._principal = self.services.tokens.principal(authorization)
         return self._principal
 
+    @contextlib.contextmanager
+    def redis_errors_as_unavailable(self) -> Iterator[None]:
+        """Answer a failed Redis call as SERVICE_UNAVAILABLE, and have the watcher make sure
+        its own connection still answers (open subscriptions end if it does not)."""
+        try:
+            yield
+        except (RedisError, WatchLost, TimeoutError) as exc:
+            self.watcher.suspect()
+            raise ServiceUnavailable("The job store is unreachable; try again shortly.") from exc
+
     def principal(self) -> Principal:
         """The caller, or `UNAUTHENTICATED`: every operation needs a valid token."""
         if self._principal is not None:
@@ -69,11 +79,3 @@ class Context(BaseContext):
             return self.authenticate(self.authorization)
         except InvalidToken as exc:
             raise Unauthenticated(str(exc)) from exc
-
-
-@contextlib.contextmanager
-def redis_errors_as_unavailable() -> Iterator[None]:
-    try:
-        yield
-    except (RedisError, WatchLost, TimeoutError) as exc:
-        raise ServiceUnavailable("The job store is unreachable; try again shortly.") from exc

@@ -11,7 +11,7 @@ from jobql.auth import SCOPE_SEND_EMAIL
 from jobql.errors import BadUserInput, Forbidden
 from jobql.jobs import ImageFormat, JobKind, JobSnapshot
 from jobql.multipart import IncomingUpload
-from jobql.resolvers.context import Context, redis_errors_as_unavailable
+from jobql.resolvers.context import Context
 from jobql.resolvers.validation import (
     checked_avatar_options,
     checked_delay,
@@ -41,14 +41,14 @@ async def upload_avatar(
         raise BadUserInput("'file' must be a file sent as a multipart upload.", field="file")
     if file.claimed:
         raise BadUserInput("Each uploaded file can be used for one job only.", field="file")
-    with redis_errors_as_unavailable():
+    with context.redis_errors_as_unavailable():
         await context.rate_limit.check(user_id)
     try:
         await asyncio.to_thread(sniff_image, file.path, context.settings.max_image_pixels)
     except UploadRejected as exc:
         raise BadUserInput(str(exc), field="file") from exc
     args = [file.path.name, size, quality, image_format.value]
-    with redis_errors_as_unavailable():
+    with context.redis_errors_as_unavailable():
         snapshot = await context.store.enqueue(JobKind.AVATAR, user_id, args, job_id=file.id)
     file.claimed = True
     logger.debug("Accepted an avatar job", extra={"job_id": snapshot.id})
@@ -74,7 +74,7 @@ async def send_welcome_email(
     address = checked_email(email)
     args = [address, checked_username(username)]
     delay = checked_delay(delay_seconds, context.settings.max_delay_seconds)
-    with redis_errors_as_unavailable():
+    with context.redis_errors_as_unavailable():
         await context.rate_limit.check(principal.user_id)
         snapshot = await _enqueue_welcome(context, principal.user_id, args, address, delay)
     logger.debug("Accepted a welcome email job", extra={"job_id": snapshot.id})

@@ -6,7 +6,7 @@ from strawberry.types import Info
 
 from jobql.errors import NotFound, ServiceUnavailable
 from jobql.jobs import JobSnapshot, event_order, is_job_id, load_meta, meta_key, snapshot
-from jobql.resolvers.context import Context, redis_errors_as_unavailable
+from jobql.resolvers.context import Context
 from jobql.schema.types import Job
 from jobql.store import JobStore
 from jobql.watcher import Mailbox, WatchLost
@@ -19,7 +19,7 @@ async def job(info: Info[Context, None], id: strawberry.ID) -> AsyncGenerator[Jo
     job_id = str(id)
     if not is_job_id(job_id):
         raise NotFound("No such job.")
-    with redis_errors_as_unavailable():
+    with context.redis_errors_as_unavailable():
         # Subscribe before reading the key, so that no change falls between the two.
         async with context.watcher.watch(meta_key(job_id)) as events:
             record, meta = await context.store.load(job_id)
