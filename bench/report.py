@@ -78,7 +78,7 @@ def _freshness(fr: dict[str, Any]) -> list[Row]:
             _row(
                 f"4. Redis commands/s while no job changes, {count} open",
                 figures["idle_commands_per_second"], None, "/s", "0 (no polling)",
-                figures["idle_commands_per_second"] <= 0.5,
+                figures["idle_commands_per_second"] == 0,
             ),
         ]  # fmt: skip
     return rows
