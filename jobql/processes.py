@@ -77,7 +77,8 @@ def _work(channel: socket.socket, options: dict[str, Any]) -> None:
 
 class Supervisor:
     def __init__(self, host: str, port: int, workers: int, options: dict[str, Any]) -> None:
-        self.listener = socket.create_server((host, port), backlog=BACKLOG)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.listener = socket.create_server((host, port), family=family, backlog=BACKLOG)
         self.options = options
         self.stopping = threading.Event()
         self._context = multiprocessing.get_context("spawn")
@@ -92,6 +93,9 @@ class Supervisor:
         logger.info("Handing connections to %d worker processes", len(self._slots))
         while not self.stopping.wait(0.5):
             self._replace_dead()
+        # Wakes the accepting thread (a plain close would leave it blocked in accept).
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)
         self.listener.close()
         for process, channel in self._slots:
             channel.close()

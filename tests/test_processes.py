@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -13,7 +15,8 @@ from typing import TYPE_CHECKING
 import httpx
 import pytest
 
-from tests.support import start_web
+from jobql.redis_server import free_port
+from tests.support import Process, settings_env, start_web
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -98,3 +101,30 @@ def test_sigterm_stops_every_worker(web: WebServer) -> None:
     assert web.process.popen.wait(timeout=20) == 0
     for pid in pids:
         assert not Path(f"/proc/{pid}").exists()
+
+
+def ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 loopback on this machine")
+def test_workers_listen_on_an_ipv6_address(settings: Settings, tmp_path: Path) -> None:
+    port = free_port()
+    command = [sys.executable, "-m", "jobql", "web", "--host", "::1", "--port", str(port)]
+    process = Process([*command, "--workers", "2"], settings_env(settings), tmp_path / "web.log")
+    try:
+        wait_for(lambda: _answers(f"http://[::1]:{port}/healthz"))
+    finally:
+        process.stop()
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.TransportError:
+        return False
