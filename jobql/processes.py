@@ -31,6 +31,7 @@ logger = logging.getLogger(__name__)
 
 BACKLOG = 2048
 GRACE_SECONDS = 10.0
+HAND_OVER_TIMEOUT = 1.0
 
 
 class HandedConnections(uvicorn.Server):
@@ -114,6 +115,7 @@ class Supervisor:
         process = self._context.Process(target=_work, args=(theirs, self.options))
         process.start()
         theirs.close()
+        ours.settimeout(HAND_OVER_TIMEOUT)  # a worker that stopped reading is passed over
         return process, ours
 
     def _replace_dead(self) -> None:
