@@ -68,6 +68,19 @@ def stored(client: redis.Redis, job_id: str) -> dict[str, Any]:
     return cast("dict[str, Any]", json.loads(raw))
 
 
+def start(backend: JobResultBackend, job_id: str, *args: Any, **result: Any) -> Delivery:
+    """A delivery of `job_id` starting, as JobTask.before_start reports it."""
+    return backend.mark_as_started_delivery(
+        job_id,
+        request(job_id, *args),
+        record=record_key(job_id),
+        pending=pending_key("celery"),
+        started_at="2026-01-01T00:00:00+00:00",
+        deliveries_field="deliveries:0",
+        **result,
+    )
+
+
 def test_a_write_is_stored_and_published_on_the_job_channel(
     backend: JobResultBackend, client: redis.Redis
 ) -> None:
@@ -116,18 +129,7 @@ def test_start_counts_the_delivery_and_stores_started_with_its_attempt(
     # An argument that looks like the attempt's stand-in is stored as it came.
     args = ("a@example.com", ATTEMPT_MARK)
 
-    attempts = [
-        backend.mark_as_started_delivery(
-            job_id,
-            request(job_id, *args),
-            record=record,
-            pending=pending,
-            started_at="2026-01-01T00:00:00+00:00",
-            deliveries_field="deliveries:0",
-            pid=1234,
-        )
-        for _ in range(2)
-    ]
+    attempts = [start(backend, job_id, *args, pid=1234) for _ in range(2)]
 
     assert attempts == [Delivery(1, None), Delivery(2, None)]
     meta = stored(client, job_id)
@@ -145,15 +147,7 @@ def test_a_late_start_does_not_replace_success(
 ) -> None:
     job_id = str(uuid.uuid4())
     backend.mark_as_done(job_id, {"done": True}, request=request(job_id))
-    delivery = backend.mark_as_started_delivery(
-        job_id,
-        request(job_id),
-        record=record_key(job_id),
-        pending=pending_key("celery"),
-        started_at="2026-01-01T00:00:00+00:00",
-        deliveries_field="deliveries:0",
-    )
-    assert delivery.attempt == 1
+    assert start(backend, job_id).attempt == 1
     assert stored(client, job_id)["status"] == "SUCCESS"
 
 
@@ -162,15 +156,7 @@ def test_start_hands_back_the_message_id_an_earlier_delivery_sent(
 ) -> None:
     job_id = str(uuid.uuid4())
     client.hset(record_key(job_id), SENT_MESSAGE_ID, f"<{job_id}@jobql>")
-    delivery = backend.mark_as_started_delivery(
-        job_id,
-        request(job_id),
-        record=record_key(job_id),
-        pending=pending_key("celery"),
-        started_at="2026-01-01T00:00:00+00:00",
-        deliveries_field="deliveries:0",
-    )
-    assert delivery == Delivery(1, f"<{job_id}@jobql>")
+    assert start(backend, job_id) == Delivery(1, f"<{job_id}@jobql>")
 
 
 def test_sent_is_noted_in_the_record_with_its_progress(
