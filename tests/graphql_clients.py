@@ -8,6 +8,9 @@ from gql import Client, gql
 from gql.transport.httpx import HTTPXAsyncTransport
 from gql.transport.websockets import WebsocketsTransport
 
+# The documents the terminal client sends; the tests send the same ones.
+from jobql.client import JOB_SUBSCRIPTION
+
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator
 
@@ -15,28 +18,6 @@ if TYPE_CHECKING:
 
 GRAPHQL_TRANSPORT_WS = "graphql-transport-ws"
 GRAPHQL_WS = "graphql-ws"
-
-JOB_FIELDS = """
-    id kind state done progress createdAt startedAt finishedAt
-    result {
-        __typename
-        ... on AvatarResult { url width height sizeBytes format }
-        ... on EmailResult { recipient messageId }
-    }
-    error { code message retryable }
-"""
-JOB_QUERY = f"query Job($id: ID!) {{ job(id: $id) {{ {JOB_FIELDS} }} }}"
-JOB_SUBSCRIPTION = f"subscription Follow($id: ID!) {{ job(id: $id) {{ {JOB_FIELDS} }} }}"
-SEND_WELCOME = f"""
-mutation Send($email: String!, $username: String!, $delaySeconds: Int! = 0) {{
-    sendWelcomeEmail(email: $email, username: $username, delaySeconds: $delaySeconds) {{
-        {JOB_FIELDS}
-    }}
-}}"""
-UPLOAD_AVATAR = f"""
-mutation Upload($file: Upload!, $options: AvatarOptions) {{
-    uploadAvatar(file: $file, options: $options) {{ {JOB_FIELDS} }}
-}}"""
 
 
 def http_client(web: WebServer, token: str | None) -> Client:

@@ -17,9 +17,9 @@ import httpx
 import pytest
 
 from jobql.auth import SCOPE_SEND_EMAIL, issue_token
+from jobql.client import JOB_SUBSCRIPTION, SEND_WELCOME
 from jobql.graphql_app import prefers_graphql_response
 from tests.conftest import SECRET_KEY, token
-from tests.graphql_clients import JOB_SUBSCRIPTION, SEND_WELCOME
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

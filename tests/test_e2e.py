@@ -15,13 +15,11 @@ from gql.transport.websockets import WebsocketsTransport
 from PIL import Image
 
 from jobql.auth import SCOPE_SEND_EMAIL, issue_token
+from jobql.client import JOB_QUERY, SEND_WELCOME, UPLOAD_AVATAR
 from tests.conftest import SECRET_KEY, token
 from tests.graphql_clients import (
     GRAPHQL_TRANSPORT_WS,
     GRAPHQL_WS,
-    JOB_QUERY,
-    SEND_WELCOME,
-    UPLOAD_AVATAR,
     execute,
     follow,
     http_client,

@@ -23,18 +23,11 @@ from PIL import Image
 from redis import Redis
 
 from jobql.auth import SCOPE_SEND_EMAIL
+from jobql.client import JOB_QUERY, SEND_WELCOME, UPLOAD_AVATAR
 from jobql.jobs import meta_key, record_key
 from jobql.tasks.backend import SENT_MESSAGE_ID
 from tests.conftest import token
-from tests.graphql_clients import (
-    JOB_QUERY,
-    SEND_WELCOME,
-    UPLOAD_AVATAR,
-    execute,
-    follow,
-    http_client,
-    ws_client,
-)
+from tests.graphql_clients import execute, follow, http_client, ws_client
 from tests.support import REJECTING_DOMAIN
 
 if TYPE_CHECKING:

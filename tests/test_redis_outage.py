@@ -9,8 +9,9 @@ import pytest
 from gql.transport.exceptions import TransportQueryError
 
 from jobql.auth import SCOPE_SEND_EMAIL
+from jobql.client import JOB_QUERY, SEND_WELCOME
 from tests.conftest import token
-from tests.graphql_clients import JOB_QUERY, SEND_WELCOME, execute, follow, http_client, ws_client
+from tests.graphql_clients import execute, follow, http_client, ws_client
 from tests.support import start_web
 
 if TYPE_CHECKING:
