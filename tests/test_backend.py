@@ -73,7 +73,6 @@ def start(backend: JobResultBackend, job_id: str, *args: Any, **result: Any) -> 
     return backend.mark_as_started_delivery(
         job_id,
         request(job_id, *args),
-        record=record_key(job_id),
         pending=pending_key("celery"),
         started_at="2026-01-01T00:00:00+00:00",
         deliveries_field="deliveries:0",

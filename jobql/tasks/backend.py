@@ -125,7 +125,6 @@ class JobResultBackend(RedisBackend):
         task_id: str,
         request: Any,
         *,
-        record: str,
         pending: str,
         started_at: str,
         deliveries_field: str,
@@ -137,7 +136,7 @@ class JobResultBackend(RedisBackend):
         meta = self._meta(task_id, result, states.STARTED, None, request)
         before, mark, after = self._encode_text(meta).partition(json.dumps(ATTEMPT_MARK))
         assert mark, "the STARTED meta lost its attempt mark"
-        keys = [record, pending, self.get_key_for_task(task_id)]
+        keys = [record_key(task_id), pending, self.get_key_for_task(task_id)]
         argv = [started_at, deliveries_field, int(self.expires or 0), task_id, before, after]
         argv += [int(self.expires or 0), SENT_MESSAGE_ID]
         attempt, sent = self.ensure(self._start, (keys, argv))

@@ -17,7 +17,6 @@ from jobql.jobs import (
     JobKind,
     JobState,
     pending_key,
-    record_key,
     utcnow,
 )
 from jobql.logs import configure_logging, current_job_id
@@ -50,7 +49,6 @@ class JobTask(Task):  # type: ignore[type-arg]
         delivery = backend.mark_as_started_delivery(
             task_id,
             self.request,
-            record=record_key(task_id),
             pending=pending_key(self.queue_name),
             started_at=utcnow().isoformat(),
             deliveries_field=f"deliveries:{self.request.retries}",
