@@ -26,6 +26,11 @@ class Settings(BaseSettings):
     mail_password: SecretStr | None = None
     mail_default_sender: str = "jobql <noreply@localhost>"
     mail_timeout: float = Field(default=10.0, gt=0, description="SMTP socket timeout, seconds")
+    mail_keepalive: float = Field(
+        default=10.0,
+        ge=0,
+        description="Seconds an idle SMTP connection is kept for the next email; 0 closes each",
+    )
     mail_max_retries: int = Field(default=5, ge=0)
     mail_retry_backoff: float = Field(
         default=2.0, gt=0, description="Seconds before the first retry; doubles each time"

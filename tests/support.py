@@ -125,6 +125,9 @@ class RecordingHandler:
     messages: list[EmailMessage] = field(default_factory=list)
     deferred: set[str] = field(default_factory=set)
     recipients_tried: Counter[str] = field(default_factory=Counter)
+    # The client address and port that named each recipient: one per SMTP connection.
+    peers: dict[str, tuple[str, int]] = field(default_factory=dict)
+    quit_by: list[tuple[str, int]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     async def handle_RCPT(
@@ -133,6 +136,7 @@ class RecordingHandler:
         domain = address.rpartition("@")[2]
         with self.lock:
             self.recipients_tried[address] += 1
+            self.peers[address] = session.peer
         if domain == REJECTING_DOMAIN:
             return "550 5.1.1 No such mailbox"
         with self.lock:
@@ -148,6 +152,11 @@ class RecordingHandler:
             self.messages.append(message)
         return "250 Message accepted for delivery"
 
+    async def handle_QUIT(self, server: Any, session: Any, envelope: Any) -> str:
+        with self.lock:
+            self.quit_by.append(session.peer)
+        return "221 Bye"
+
     def to(self, recipient: str) -> list[EmailMessage]:
         with self.lock:
             return [m for m in self.messages if m["To"] == recipient]
@@ -156,13 +165,19 @@ class RecordingHandler:
 class SmtpServer:
     """A real SMTP server in a thread; `stop()` and `start()` again keep its port."""
 
-    def __init__(self) -> None:
+    def __init__(self, idle_timeout: float = 300) -> None:
         self.handler = RecordingHandler()
         self.port = free_port()
+        self.idle_timeout = idle_timeout
         self.controller: Controller | None = None
 
     def start(self) -> None:
-        self.controller = Controller(self.handler, hostname="127.0.0.1", port=self.port)
+        self.controller = Controller(
+            self.handler,
+            hostname="127.0.0.1",
+            port=self.port,
+            timeout=self.idle_timeout,
+        )
         self.controller.start()
 
     def stop(self) -> None:

@@ -266,6 +266,44 @@ async def test_smtp_down_retries_until_it_is_back(make_stack: Callable[..., Stac
     assert len(stack.smtp.handler.to(address)) == 1
 
 
+async def test_smtp_restarted_between_emails_costs_no_retry(
+    make_stack: Callable[..., Stack],
+) -> None:
+    stack = make_stack(**FAULT_SETTINGS)
+    stack.add_worker(concurrency=1)
+    web = stack.start_web()
+    before, after = (f"{n}-{uuid.uuid4().hex[:6]}@example.com" for n in ("before", "after"))
+    events = await follow_to_end(web, await send_welcome(web, before), within=30)
+    assert events[-1]["state"] == "SUCCESS"
+
+    # The connection the worker kept open dies with the server it was open to.
+    stack.smtp.stop()
+    stack.smtp.start()
+    events = await follow_to_end(web, await send_welcome(web, after), within=30)
+
+    assert [event["state"] for event in events][-1] == "SUCCESS"
+    assert "RETRY" not in [event["state"] for event in events]
+    assert stack.smtp.handler.peers[before] != stack.smtp.handler.peers[after]
+
+
+async def test_stopped_worker_quits_the_smtp_connection_it_kept(
+    make_stack: Callable[..., Stack],
+) -> None:
+    stack = make_stack()
+    worker = stack.add_worker(concurrency=1)
+    web = stack.start_web()
+    addresses = [f"kept-{n}-{uuid.uuid4().hex[:6]}@example.com" for n in range(2)]
+    for address in addresses:
+        events = await follow_to_end(web, await send_welcome(web, address), within=30)
+        assert events[-1]["state"] == "SUCCESS"
+    [peer] = {stack.smtp.handler.peers[address] for address in addresses}
+    assert peer not in stack.smtp.handler.quit_by
+
+    worker.stop()
+
+    assert peer in stack.smtp.handler.quit_by
+
+
 async def test_email_an_earlier_delivery_sent_is_not_sent_again(
     make_stack: Callable[..., Stack],
 ) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+import time
 import uuid
 from typing import TYPE_CHECKING, BinaryIO
 
@@ -12,22 +13,19 @@ import pytest
 
 from jobql.redis_server import free_port
 from jobql.tasks.mail import (
+    Mailer,
     MailRejected,
     MailTemporarilyFailed,
     create_mail_app,
     message_id,
-    send_welcome,
 )
-from tests.support import DEFERRING_DOMAIN, REJECTING_DOMAIN
+from tests.support import DEFERRING_DOMAIN, REJECTING_DOMAIN, SmtpServer
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
     from email.message import EmailMessage
 
-    from flask import Flask
-
     from jobql.settings import Settings
-    from tests.support import SmtpServer
 
 GUARD_SECONDS = 10.0
 
@@ -55,13 +53,13 @@ def only_message_to(smtp_server: SmtpServer, address: str) -> EmailMessage:
     return received[0]
 
 
-def send_guarded(app: Flask, address: str) -> BaseException | str:
+def send_guarded(mailer: Mailer, address: str) -> BaseException | str:
     """Send in a thread; fail the test, rather than hang it, if it does not finish in time."""
     outcome: list[BaseException | str] = []
 
     def run() -> None:
         try:
-            outcome.append(send_welcome(app, unique(), address, "alice"))
+            outcome.append(mailer.send_welcome(unique(), address, "alice"))
         except BaseException as exc:
             outcome.append(exc)
 
@@ -74,8 +72,24 @@ def send_guarded(app: Flask, address: str) -> BaseException | str:
 
 
 @pytest.fixture
-def app(make_settings: Callable[..., Settings]) -> Flask:
-    return create_mail_app(make_settings())
+def make_mailer(make_settings: Callable[..., Settings]) -> Iterator[Callable[..., Mailer]]:
+    """Mailers built from settings with these overrides, closed when the test ends."""
+    mailers: list[Mailer] = []
+
+    def make(**overrides: object) -> Mailer:
+        settings = make_settings(**overrides)
+        mailer = Mailer(create_mail_app(settings), keepalive=settings.mail_keepalive)
+        mailers.append(mailer)
+        return mailer
+
+    yield make
+    for mailer in mailers:
+        mailer.close()
+
+
+@pytest.fixture
+def mailer(make_mailer: Callable[..., Mailer]) -> Mailer:
+    return make_mailer()
 
 
 @pytest.fixture
@@ -214,12 +228,12 @@ def test_mail_app_holds_the_settings(make_settings: Callable[..., Settings]) -> 
 
 
 def test_welcome_message_arrives_with_subject_id_sender_and_both_parts(
-    app: Flask, smtp_server: SmtpServer
+    mailer: Mailer, smtp_server: SmtpServer
 ) -> None:
     job_id = unique()
     address = recipient()
 
-    returned = send_welcome(app, job_id, address, "alice_w")
+    returned = mailer.send_welcome(job_id, address, "alice_w")
 
     assert returned == f"<{job_id}@jobql>"
     message = only_message_to(smtp_server, address)
@@ -236,35 +250,37 @@ def test_welcome_message_arrives_with_subject_id_sender_and_both_parts(
 
 
 def test_subject_uses_the_configured_site_name(
-    make_settings: Callable[..., Settings], smtp_server: SmtpServer
+    make_mailer: Callable[..., Mailer], smtp_server: SmtpServer
 ) -> None:
-    app = create_mail_app(make_settings(site_name="Acme Portal"))
+    mailer = make_mailer(site_name="Acme Portal")
     address = recipient()
 
-    send_welcome(app, unique(), address, "bob")
+    mailer.send_welcome(unique(), address, "bob")
 
     message = only_message_to(smtp_server, address)
     assert message["Subject"] == "Welcome to Acme Portal"
     assert "Acme Portal" in text_of(message, "html")
 
 
-def test_repeat_send_of_one_job_keeps_its_message_id(app: Flask, smtp_server: SmtpServer) -> None:
+def test_repeat_send_of_one_job_keeps_its_message_id(
+    mailer: Mailer, smtp_server: SmtpServer
+) -> None:
     job_id = unique()
     address = recipient()
 
-    first = send_welcome(app, job_id, address, "carol")
-    second = send_welcome(app, job_id, address, "carol")
+    first = mailer.send_welcome(job_id, address, "carol")
+    second = mailer.send_welcome(job_id, address, "carol")
 
     assert first == second == message_id(job_id)
     ids = {message["Message-ID"] for message in smtp_server.handler.to(address)}
     assert ids == {message_id(job_id)}
 
 
-def test_username_is_html_escaped_in_the_html_part(app: Flask, smtp_server: SmtpServer) -> None:
+def test_username_is_html_escaped_in_the_html_part(mailer: Mailer, smtp_server: SmtpServer) -> None:
     address = recipient()
     username = '<script>alert("x")</script>&co'
 
-    send_welcome(app, unique(), address, username)
+    mailer.send_welcome(unique(), address, username)
 
     message = only_message_to(smtp_server, address)
     html = text_of(message, "html")
@@ -275,28 +291,28 @@ def test_username_is_html_escaped_in_the_html_part(app: Flask, smtp_server: Smtp
     assert username in text_of(message, "plain")
 
 
-def test_non_ascii_username_survives(app: Flask, smtp_server: SmtpServer) -> None:
+def test_non_ascii_username_survives(mailer: Mailer, smtp_server: SmtpServer) -> None:
     address = recipient()
 
-    send_welcome(app, unique(), address, "Zoë Ørsted 山田")
+    mailer.send_welcome(unique(), address, "Zoë Ørsted 山田")
 
     message = only_message_to(smtp_server, address)
     assert "Zoë Ørsted 山田" in text_of(message, "plain")
     assert "Zoë Ørsted 山田" in text_of(message, "html")
 
 
-def test_on_accepted_hears_the_message_id_once(app: Flask) -> None:
+def test_on_accepted_hears_the_message_id_once(mailer: Mailer) -> None:
     accepted: list[str] = []
 
-    returned = send_welcome(app, "job-accepted", recipient(), "grace", accepted.append)
+    returned = mailer.send_welcome("job-accepted", recipient(), "grace", accepted.append)
 
     assert accepted == [returned] == [message_id("job-accepted")]
 
 
-def test_send_restores_the_default_socket_timeout(app: Flask) -> None:
+def test_send_restores_the_default_socket_timeout(mailer: Mailer) -> None:
     before = socket.getdefaulttimeout()
 
-    send_welcome(app, unique(), recipient(), "dave")
+    mailer.send_welcome(unique(), recipient(), "dave")
 
     assert socket.getdefaulttimeout() == before
 
@@ -304,26 +320,26 @@ def test_send_restores_the_default_socket_timeout(app: Flask) -> None:
 # --- refusals and failures ------------------------------------------------------------------
 
 
-def test_550_recipient_raises_mail_rejected(app: Flask, smtp_server: SmtpServer) -> None:
+def test_550_recipient_raises_mail_rejected(mailer: Mailer, smtp_server: SmtpServer) -> None:
     address = recipient(REJECTING_DOMAIN)
 
     with pytest.raises(MailRejected, match="550"):
-        send_welcome(app, unique(), address, "erin")
+        mailer.send_welcome(unique(), address, "erin")
 
     assert smtp_server.handler.to(address) == []
 
 
 def test_451_recipient_raises_temporary_failure_then_succeeds(
-    app: Flask, smtp_server: SmtpServer
+    mailer: Mailer, smtp_server: SmtpServer
 ) -> None:
     address = recipient(DEFERRING_DOMAIN)
     job_id = unique()
 
     with pytest.raises(MailTemporarilyFailed, match="451"):
-        send_welcome(app, job_id, address, "frank")
+        mailer.send_welcome(job_id, address, "frank")
     assert smtp_server.handler.to(address) == []
 
-    assert send_welcome(app, job_id, address, "frank") == message_id(job_id)
+    assert mailer.send_welcome(job_id, address, "frank") == message_id(job_id)
     message = only_message_to(smtp_server, address)
     assert message["Message-ID"] == message_id(job_id)
 
@@ -335,51 +351,144 @@ def test_rejected_and_temporary_are_distinct() -> None:
 
 
 def test_nothing_listening_raises_temporary_failure(
-    make_settings: Callable[..., Settings],
+    make_mailer: Callable[..., Mailer],
 ) -> None:
-    app = create_mail_app(make_settings(mail_port=free_port()))
+    mailer = make_mailer(mail_port=free_port())
 
-    outcome = send_guarded(app, recipient())
+    outcome = send_guarded(mailer, recipient())
 
     assert isinstance(outcome, MailTemporarilyFailed), outcome
 
 
 def test_silent_server_times_out_as_temporary_failure(
-    make_settings: Callable[..., Settings], silent_server: int
+    make_mailer: Callable[..., Mailer], silent_server: int
 ) -> None:
-    app = create_mail_app(make_settings(mail_port=silent_server, mail_timeout=0.5))
+    mailer = make_mailer(mail_port=silent_server, mail_timeout=0.5)
 
-    outcome = send_guarded(app, recipient())
+    outcome = send_guarded(mailer, recipient())
 
     assert isinstance(outcome, MailTemporarilyFailed), outcome
     assert socket.getdefaulttimeout() is None
 
 
 def test_server_stalling_after_greeting_times_out_as_temporary_failure(
-    make_settings: Callable[..., Settings], stalling_server: int
+    make_mailer: Callable[..., Mailer], stalling_server: int
 ) -> None:
-    app = create_mail_app(make_settings(mail_port=stalling_server, mail_timeout=0.5))
+    mailer = make_mailer(mail_port=stalling_server, mail_timeout=0.5)
 
-    outcome = send_guarded(app, recipient())
+    outcome = send_guarded(mailer, recipient())
 
     assert isinstance(outcome, MailTemporarilyFailed), outcome
 
 
-def test_550_then_hang_up_raises_mail_rejected(make_settings: Callable[..., Settings]) -> None:
+def test_550_then_hang_up_raises_mail_rejected(make_mailer: Callable[..., Mailer]) -> None:
     with smtp_peer(refuse_then_hang_up) as port:
-        app = create_mail_app(make_settings(mail_port=port, mail_timeout=2.0))
-        outcome = send_guarded(app, recipient())
+        mailer = make_mailer(mail_port=port, mail_timeout=2.0)
+        outcome = send_guarded(mailer, recipient())
 
     assert isinstance(outcome, MailRejected), repr(outcome)
 
 
 def test_accepted_message_is_sent_even_if_the_server_drops_quit(
-    make_settings: Callable[..., Settings],
+    make_mailer: Callable[..., Mailer],
 ) -> None:
     accepted: list[str] = []
     with smtp_peer(accept_then_hang_up) as port:
-        app = create_mail_app(make_settings(mail_port=port, mail_timeout=2.0))
-        message = send_welcome(app, "job-quit", recipient(), "Ann", on_accepted=accepted.append)
+        # With no keepalive the send itself says QUIT.
+        mailer = make_mailer(mail_port=port, mail_timeout=2.0, mail_keepalive=0)
+        message = mailer.send_welcome("job-quit", recipient(), "Ann", on_accepted=accepted.append)
 
     assert message == message_id("job-quit")
     assert accepted == [message_id("job-quit")]
+
+
+# --- one connection for many messages -------------------------------------------------------
+
+
+def send_each(mailer: Mailer, count: int) -> list[str]:
+    """Send `count` emails; return their recipients."""
+    addresses = [recipient() for _ in range(count)]
+    for address in addresses:
+        mailer.send_welcome(unique(), address, "Ann")
+    return addresses
+
+
+def test_messages_in_a_row_share_one_connection(mailer: Mailer, smtp_server: SmtpServer) -> None:
+    first, second = send_each(mailer, 2)
+
+    peers = smtp_server.handler.peers
+    assert peers[first] == peers[second]
+    assert peers[first] not in smtp_server.handler.quit_by
+
+
+def test_close_says_quit(mailer: Mailer, smtp_server: SmtpServer) -> None:
+    [address] = send_each(mailer, 1)
+
+    mailer.close()
+
+    assert smtp_server.handler.peers[address] in smtp_server.handler.quit_by
+
+
+def test_no_keepalive_opens_and_quits_a_connection_per_message(
+    make_mailer: Callable[..., Mailer], smtp_server: SmtpServer
+) -> None:
+    first, second = send_each(make_mailer(mail_keepalive=0), 2)
+
+    peers = smtp_server.handler.peers
+    assert peers[first] != peers[second]
+    assert {peers[first], peers[second]} <= set(smtp_server.handler.quit_by)
+
+
+def test_connection_idle_past_the_keepalive_is_replaced(
+    make_mailer: Callable[..., Mailer], smtp_server: SmtpServer
+) -> None:
+    mailer = make_mailer(mail_keepalive=0.2)
+    [first] = send_each(mailer, 1)
+    time.sleep(0.3)
+
+    [second] = send_each(mailer, 1)
+
+    peers = smtp_server.handler.peers
+    assert peers[first] != peers[second]
+    assert peers[first] in smtp_server.handler.quit_by
+
+
+def test_a_connection_carries_at_most_its_message_limit(
+    make_settings: Callable[..., Settings], smtp_server: SmtpServer
+) -> None:
+    mailer = Mailer(create_mail_app(make_settings()), keepalive=10, messages_per_connection=2)
+    try:
+        addresses = send_each(mailer, 3)
+    finally:
+        mailer.close()
+
+    peers = [smtp_server.handler.peers[address] for address in addresses]
+    assert peers[0] == peers[1] != peers[2]
+    assert peers[0] in smtp_server.handler.quit_by
+
+
+def test_connection_the_server_timed_out_is_replaced(make_mailer: Callable[..., Mailer]) -> None:
+    server = SmtpServer(idle_timeout=0.2)
+    server.start()
+    try:
+        mailer = make_mailer(mail_port=server.port)
+        [first] = send_each(mailer, 1)
+        time.sleep(0.5)  # long enough for the server to hang up on the idle connection
+
+        [second] = send_each(mailer, 1)
+    finally:
+        server.stop()
+
+    assert len(server.handler.to(second)) == 1
+    assert server.handler.peers[first] != server.handler.peers[second]
+
+
+def test_failed_send_drops_the_connection(mailer: Mailer, smtp_server: SmtpServer) -> None:
+    refused = recipient(REJECTING_DOMAIN)
+    with pytest.raises(MailRejected):
+        mailer.send_welcome(unique(), refused, "Ann")
+
+    [accepted] = send_each(mailer, 1)
+
+    peers = smtp_server.handler.peers
+    assert peers[refused] != peers[accepted]

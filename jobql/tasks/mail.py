@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import select
 import smtplib
 import socket
+import time
 from typing import TYPE_CHECKING
 
 from flask import Flask, render_template
@@ -12,9 +14,12 @@ from flask_mail import Connection, Mail, Message
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
-    from types import TracebackType
 
     from jobql.settings import Settings
+
+# Many servers refuse more messages than this on one connection; reconnecting
+# before they do costs one handshake in a hundred messages.
+MESSAGES_PER_CONNECTION = 100
 
 
 class MailTemporarilyFailed(Exception):
@@ -46,21 +51,77 @@ def message_id(job_id: str) -> str:
     return f"<{job_id}@jobql>"
 
 
-def send_welcome(
-    app: Flask,
-    job_id: str,
-    recipient: str,
-    username: str,
-    on_accepted: Callable[[str], None] = lambda message_id: None,
-) -> str:
-    """Send the welcome email; return its Message-ID.
+class Mailer:
+    """Sends welcome emails over one SMTP connection, kept open from one email to the next.
 
-    `on_accepted` is called as soon as the server has accepted the message, before
-    the connection is closed: the sooner a send is recorded, the smaller the window
-    in which a dying worker leaves it unrecorded.
+    Opening a connection (TCP, the greeting, EHLO, and STARTTLS and AUTH where configured)
+    and closing it cost more than a send. A connection is used again only if it has been
+    idle for less than `keepalive` seconds, has carried fewer than `messages_per_connection`
+    messages, and the server has said nothing since its last answer: a server that gives
+    up on an idle client says 421 or hangs up, and either one is waiting on the socket.
+    A connection that failed in any way is dropped, so the next send starts afresh.
     """
-    with app.app_context():
-        site_name = app.config["SITE_NAME"]
+
+    def __init__(
+        self,
+        app: Flask,
+        keepalive: float,
+        messages_per_connection: int = MESSAGES_PER_CONNECTION,
+    ) -> None:
+        self.app = app
+        self.keepalive = keepalive
+        self.messages_per_connection = messages_per_connection
+        self._connection: TimedConnection | None = None
+        self._sent = 0
+        self._idle_since = 0.0
+
+    def send_welcome(
+        self,
+        job_id: str,
+        recipient: str,
+        username: str,
+        on_accepted: Callable[[str], None] = lambda message_id: None,
+    ) -> str:
+        """Send the welcome email; return its Message-ID.
+
+        `on_accepted` is called as soon as the server has accepted the message: the sooner
+        a send is recorded, the smaller the window in which a dying worker leaves it
+        unrecorded.
+        """
+        with self.app.app_context():
+            message = self._welcome_message(job_id, recipient, username)
+            try:
+                self._send(message)
+            except smtplib.SMTPRecipientsRefused as exc:
+                codes = [code for code, _ in exc.recipients.values()]
+                if all(400 <= code < 500 for code in codes):
+                    raise MailTemporarilyFailed(
+                        f"the server deferred the recipient: {codes}"
+                    ) from exc
+                raise MailRejected(f"the server refused the recipient ({codes[0]})") from exc
+            except smtplib.SMTPResponseException as exc:
+                if 400 <= exc.smtp_code < 500:
+                    raise MailTemporarilyFailed(f"the server answered {exc.smtp_code}") from exc
+                raise MailRejected(f"the server answered {exc.smtp_code}") from exc
+            except smtplib.SMTPException as exc:
+                raise MailTemporarilyFailed(f"SMTP failed: {exc}") from exc
+            except OSError as exc:
+                raise MailTemporarilyFailed(f"could not reach the SMTP server: {exc}") from exc
+        on_accepted(message.msgId)
+        return message.msgId
+
+    def close(self) -> None:
+        """Say QUIT and close the connection, if one is open."""
+        connection, self._connection = self._connection, None
+        if connection is None or connection.host is None:
+            return
+        # The messages were accepted already; a server that drops QUIT changes nothing.
+        with contextlib.suppress(smtplib.SMTPException, OSError):
+            connection.host.quit()
+        connection.host.close()
+
+    def _welcome_message(self, job_id: str, recipient: str, username: str) -> Message:
+        site_name = self.app.config["SITE_NAME"]
         message = Message(
             subject=f"Welcome to {site_name}",
             recipients=[recipient],
@@ -68,24 +129,40 @@ def send_welcome(
             html=render_template("welcome.html", username=username, site_name=site_name),
         )
         message.msgId = message_id(job_id)
+        return message
+
+    def _send(self, message: Message) -> None:
+        connection = self._open_connection()
         try:
-            with TimedConnection(app.extensions["mail"], app.config["MAIL_TIMEOUT"]) as connection:
-                connection.send(message)
-                on_accepted(message.msgId)
-        except smtplib.SMTPRecipientsRefused as exc:
-            codes = [code for code, _ in exc.recipients.values()]
-            if all(400 <= code < 500 for code in codes):
-                raise MailTemporarilyFailed(f"the server deferred the recipient: {codes}") from exc
-            raise MailRejected(f"the server refused the recipient ({codes[0]})") from exc
-        except smtplib.SMTPResponseException as exc:
-            if 400 <= exc.smtp_code < 500:
-                raise MailTemporarilyFailed(f"the server answered {exc.smtp_code}") from exc
-            raise MailRejected(f"the server answered {exc.smtp_code}") from exc
-        except smtplib.SMTPException as exc:
-            raise MailTemporarilyFailed(f"SMTP failed: {exc}") from exc
-        except OSError as exc:
-            raise MailTemporarilyFailed(f"could not reach the SMTP server: {exc}") from exc
-    return message.msgId
+            connection.send(message)
+        except BaseException:
+            # Whatever state the session is in, it is not one to send the next message in;
+            # and QUIT could only replace this error with its own.
+            self._connection = None
+            if connection.host is not None:
+                connection.host.close()
+            raise
+        self._sent += 1
+        self._idle_since = time.monotonic()
+        if self.keepalive == 0 or self._sent >= self.messages_per_connection:
+            self.close()
+
+    def _open_connection(self) -> TimedConnection:
+        if self._connection is not None and self._reusable(self._connection):
+            return self._connection
+        self.close()
+        connection = TimedConnection(self.app.extensions["mail"], self.app.config["MAIL_TIMEOUT"])
+        self._connection = connection.__enter__()  # connects, unless sending is suppressed
+        self._sent = 0
+        return connection
+
+    def _reusable(self, connection: TimedConnection) -> bool:
+        host = connection.host
+        if host is None:  # sending is suppressed: there is no connection to wear out
+            return True
+        if host.sock is None or time.monotonic() - self._idle_since >= self.keepalive:
+            return False
+        return not _readable(host.sock)
 
 
 class TimedConnection(Connection):
@@ -99,20 +176,12 @@ class TimedConnection(Connection):
         with _default_socket_timeout(self.timeout):
             return super().configure_host()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc_value: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        # Flask-Mail always QUITs, and a server that has hung up after refusing
-        # would make that QUIT's error replace the refusal.
-        if exc_type is None:
-            # The message was accepted; a server that then drops QUIT changes nothing.
-            with contextlib.suppress(smtplib.SMTPException, OSError):
-                super().__exit__(exc_type, exc_value, tb)  # type: ignore[arg-type]
-        elif self.host is not None:
-            self.host.close()
+
+def _readable(sock: socket.socket) -> bool:
+    """Whether the peer has sent something (or hung up) that nobody has read yet."""
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 @contextlib.contextmanager

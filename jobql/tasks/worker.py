@@ -23,7 +23,7 @@ from jobql.logs import configure_logging, current_job_id
 from jobql.tasks.avatar import InvalidImage, existing_avatar, make_avatar, remove_leftovers
 from jobql.tasks.backend import backend_url
 from jobql.tasks.housekeeping import housekeeping_step
-from jobql.tasks.mail import MailRejected, MailTemporarilyFailed, create_mail_app, send_welcome
+from jobql.tasks.mail import Mailer, MailRejected, MailTemporarilyFailed, create_mail_app
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -72,7 +72,7 @@ class JobTask(Task):  # type: ignore[type-arg]
 
     def record_sent(self, message_id: str) -> None:
         """Note in the job record that its email was accepted, so that no delivery sends
-        it again, and tell the client (PROGRESS 90: only closing the connection is left)."""
+        it again, and tell the client (PROGRESS 90: only the final write is left)."""
         backend = cast("JobResultBackend", self.backend)
         attempt = getattr(self.request, "attempt", 0)
         backend.mark_as_sent(
@@ -123,7 +123,8 @@ def create_worker_app(settings: Settings) -> Celery:
         worker_hijack_root_logger=False,
     )
     app.steps["worker"].add(housekeeping_step(settings, lambda: app.backend.client))  # type: ignore[attr-defined]
-    mail_app = create_mail_app(settings)
+    mailer = Mailer(create_mail_app(settings), keepalive=settings.mail_keepalive)
+    _close_on_exit(mailer)
 
     @app.task(
         bind=True,
@@ -183,7 +184,7 @@ def create_worker_app(settings: Settings) -> Celery:
             return {"recipient": recipient, "message_id": sent}
         job_id = str(self.request.id)
         try:
-            message_id = send_welcome(mail_app, job_id, recipient, username, self.record_sent)
+            message_id = mailer.send_welcome(job_id, recipient, username, self.record_sent)
         except MailRejected as exc:
             raise JobFailed("SMTP_REJECTED", f"The mail server refused: {exc}.") from None
         except MailTemporarilyFailed as exc:
@@ -196,6 +197,17 @@ def create_worker_app(settings: Settings) -> Celery:
         return {"recipient": recipient, "message_id": message_id}
 
     return app
+
+
+def _close_on_exit(mailer: Mailer) -> None:
+    """QUIT the SMTP connection a pool process kept open (the solo pool has no pool
+    processes: its worker's own shutdown does it)."""
+
+    def close(**kwargs: Any) -> None:
+        mailer.close()
+
+    signals.worker_process_shutdown.connect(close, weak=False)
+    signals.worker_shutdown.connect(close, weak=False)
 
 
 def _log_with_job_ids(settings: Settings) -> None:
