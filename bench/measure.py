@@ -51,7 +51,7 @@ class Size:
     emails: int
     avatars: int
     big: bool
-    rounds: int  # wrk runs a side, taking turns with the other side's
+    rounds: int  # runs a side of enqueue and completion, taking turns with the other side's
 
 
 FULL = Size(10, 32, 15, (1000, 10000), 300, 15, 2000, 300, True, 3)
@@ -352,7 +352,8 @@ def processing(bench: Bench, size: Size) -> dict[str, Any]:
 
 
 async def completion(bench: Bench, size: Size) -> dict[str, Any]:
-    """Fill the queue, then start one worker of concurrency 2 and time how fast it empties it."""
+    """Fill the queue, then start one worker of concurrency 2 and time how fast it empties it;
+    each side's median over `size.rounds` runs."""
     from bench.reference.tasks import app as reference_app
     from bench.reference.tasks import process_avatar, send_welcome_email
 
@@ -396,20 +397,28 @@ async def completion(bench: Bench, size: Size) -> dict[str, Any]:
             ids.append(process_avatar.delay(str(path)).id)
         return ids
 
-    results = {
-        "jobql": {
-            "emails_per_second": await _drain(bench, bench.jobql_worker, await ours_emails()),
-            "avatars_per_second": await _drain(bench, bench.jobql_worker, await ours_avatars()),
-        },
-        "reference": {
-            "emails_per_second": await _drain(bench, bench.reference_worker, await theirs_emails()),
-            "avatars_per_second": await _drain(
-                bench, bench.reference_worker, await theirs_avatars()
-            ),
-        },
-    }
+    runs: dict[str, list[dict[str, float]]] = {"jobql": [], "reference": []}
+    for _ in range(size.rounds):
+        # Taking turns, so that a passing disturbance of the machine lands on one run.
+        ours = await _drain(bench, bench.jobql_worker, await ours_emails())
+        theirs = await _drain(bench, bench.reference_worker, await theirs_emails())
+        runs["jobql"].append({"emails_per_second": ours})
+        runs["reference"].append({"emails_per_second": theirs})
+        ours = await _drain(bench, bench.jobql_worker, await ours_avatars())
+        theirs = await _drain(bench, bench.reference_worker, await theirs_avatars())
+        runs["jobql"][-1]["avatars_per_second"] = ours
+        runs["reference"][-1]["avatars_per_second"] = theirs
     await redis.aclose()
-    return results
+    return {
+        side: {
+            **{
+                name: statistics.median(run[name] for run in side_runs)
+                for name in ("emails_per_second", "avatars_per_second")
+            },
+            "runs": side_runs,
+        }
+        for side, side_runs in runs.items()
+    }
 
 
 async def _drain(bench: Bench, start_worker: Callable[[], Any], job_ids: list[str]) -> float:
