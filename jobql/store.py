@@ -1,11 +1,15 @@
-"""The web process's view of jobs: queue one, read one. Every call is one Redis round trip."""
+"""The web process's view of jobs: queue one, read one.
+
+Every call is one Redis round trip, shared with the calls of other requests made at the
+same moment (`AutoPipeline`).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from jobql.connections import text
+from jobql.connections import AutoPipeline, text
 from jobql.jobs import (
     DEFAULT_QUEUE,
     JobKind,
@@ -73,7 +77,7 @@ class JobStore:
         self.redis = redis
         self.result_expires = result_expires
         self.queue = queue
-        self._enqueue = redis.register_script(ENQUEUE_SCRIPT)
+        self._pipeline = AutoPipeline(redis)
 
     async def enqueue(
         self,
@@ -94,24 +98,25 @@ class JobStore:
         eta = created_at + delay if delay else None
         record = new_record(kind, owner, created_at)
         message = task_message(kind.task_name, job_id, args, self.queue, eta)
-        earlier = await self._enqueue(
-            keys=[
-                dedupe.key if dedupe else "",
-                record_key(job_id),
-                self.queue,
-                pending_key(self.queue),
-                STATS_KEY,
-            ],
-            args=[
-                job_id,
-                int(dedupe.ttl.total_seconds()) if dedupe else 0,
-                self.result_expires,
-                message,
-                (eta or created_at).timestamp(),
-                accepted_field(kind.value),
-                *(part for pair in record.items() for part in pair),
-            ],
-        )
+        keys = [
+            dedupe.key if dedupe else "",
+            record_key(job_id),
+            self.queue,
+            pending_key(self.queue),
+            STATS_KEY,
+        ]
+        args = [
+            job_id,
+            int(dedupe.ttl.total_seconds()) if dedupe else 0,
+            self.result_expires,
+            message,
+            (eta or created_at).timestamp(),
+            accepted_field(kind.value),
+            *(part for pair in record.items() for part in pair),
+        ]
+        # EVAL rather than EVALSHA: Redis keeps the compiled script either way, and a
+        # pipeline cannot load a script it finds missing.
+        [earlier] = await self._pipeline.execute(("EVAL", ENQUEUE_SCRIPT, len(keys), *keys, *args))
         if earlier:
             raise AlreadyQueued(text(earlier))
         return snapshot(job_id, record, None)
@@ -127,10 +132,9 @@ class JobStore:
 
     async def load(self, job_id: str) -> tuple[dict[str, str], dict[str, Any] | None]:
         """The job record (empty if there is none) and Celery's result meta (None if none)."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hmget(record_key(job_id), RECORD_FIELDS)
-            pipe.get(meta_key(job_id))
-            values, raw_meta = await pipe.execute()
+        values, raw_meta = await self._pipeline.execute(
+            ("HMGET", record_key(job_id), *RECORD_FIELDS), ("GET", meta_key(job_id))
+        )
         record = {
             field: text(value) for field, value in zip(RECORD_FIELDS, values, strict=True) if value
         }
