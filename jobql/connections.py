@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 from typing import TYPE_CHECKING, Any
 
 from redis.asyncio import BlockingConnectionPool, Redis
@@ -88,7 +89,7 @@ class AutoPipeline:
         except Exception as exc:
             for _, reply in callers:
                 if not reply.done():
-                    reply.set_exception(exc)
+                    reply.set_exception(_own_copy(exc))
             return
         except asyncio.CancelledError:
             for _, reply in callers:
@@ -105,3 +106,11 @@ class AutoPipeline:
                 reply.set_result(mine)
             else:
                 reply.set_exception(error)
+
+
+def _own_copy(error: Exception) -> Exception:
+    """`error` for one caller: every caller that raised one shared error would add its
+    frames to that one traceback."""
+    mine = copy.copy(error)
+    mine.__cause__ = error
+    return mine

@@ -40,8 +40,10 @@ NO_SUCH_JOB = "00000000-0000-0000-0000-000000000000"
 # Atomically: unless KEYS[1] (a dedupe key, when given) names an earlier job, claim it,
 # write the job record (with a copy of the message, kept until a worker starts the job),
 # note the job as pending, queue the task message and count it as accepted. Returns the
-# earlier job's id, or false.
+# earlier job's id, or false. A job whose record exists is queued already: a pipeline
+# sent again after its connection broke must not queue it twice.
 ENQUEUE_SCRIPT = """
+if redis.call('EXISTS', KEYS[2]) == 1 then return false end
 if KEYS[1] ~= '' then
   local earlier = redis.call('GET', KEYS[1])
   if earlier then return earlier end

@@ -275,6 +275,7 @@ async def test_smtp_restarted_between_emails_costs_no_retry(
     before, after = (f"{n}-{uuid.uuid4().hex[:6]}@example.com" for n in ("before", "after"))
     events = await follow_to_end(web, await send_welcome(web, before), within=30)
     assert events[-1]["state"] == "SUCCESS"
+    assert stack.smtp.handler.peers[before] not in stack.smtp.handler.quit_by  # kept open
 
     # The connection the worker kept open dies with the server it was open to.
     stack.smtp.stop()

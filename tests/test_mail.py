@@ -53,13 +53,15 @@ def only_message_to(smtp_server: SmtpServer, address: str) -> EmailMessage:
     return received[0]
 
 
-def send_guarded(mailer: Mailer, address: str) -> BaseException | str:
+def send_guarded(
+    mailer: Mailer, address: str, on_accepted: Callable[[str], None] = lambda _: None
+) -> BaseException | str:
     """Send in a thread; fail the test, rather than hang it, if it does not finish in time."""
     outcome: list[BaseException | str] = []
 
     def run() -> None:
         try:
-            outcome.append(mailer.send_welcome(unique(), address, "alice"))
+            outcome.append(mailer.send_welcome(unique(), address, "alice", on_accepted))
         except BaseException as exc:
             outcome.append(exc)
 
@@ -402,6 +404,44 @@ def test_accepted_message_is_sent_even_if_the_server_drops_quit(
     assert accepted == [message_id("job-quit")]
 
 
+def test_send_is_recorded_before_quit_and_a_silent_quit_is_not_waited_out(
+    make_mailer: Callable[..., Mailer],
+) -> None:
+    heard: list[bytes] = []
+    quit_heard = threading.Event()
+
+    def accept_then_ignore_quit(connection: socket.socket, lines: BinaryIO) -> None:
+        connection.sendall(b"220 slow-goodbye.test ESMTP\r\n")
+        in_data = False
+        for line in lines:
+            heard.append(line.upper())
+            if in_data:
+                if line == b".\r\n":
+                    connection.sendall(b"250 2.0.0 Queued\r\n")
+                    in_data = False
+            elif line.upper().startswith(b"DATA"):
+                connection.sendall(b"354 Go ahead\r\n")
+                in_data = True
+            elif line.upper().startswith(b"QUIT"):
+                quit_heard.set()  # and never answer it
+            else:
+                connection.sendall(b"250 OK\r\n")
+
+    recorded_before_quit: list[bool] = []
+    with smtp_peer(accept_then_ignore_quit) as port:
+        # No keepalive: the send says QUIT itself; the timeout is longer than the guard.
+        mailer = make_mailer(mail_port=port, mail_timeout=GUARD_SECONDS * 3, mail_keepalive=0)
+        outcome = send_guarded(
+            mailer,
+            recipient(),
+            on_accepted=lambda _: recorded_before_quit.append(not quit_heard.is_set()),
+        )
+
+    assert isinstance(outcome, str), outcome
+    assert recorded_before_quit == [True]
+    assert any(line.startswith(b"QUIT") for line in heard)
+
+
 # --- one connection for many messages -------------------------------------------------------
 
 
@@ -468,12 +508,12 @@ def test_a_connection_carries_at_most_its_message_limit(
 
 
 def test_connection_the_server_timed_out_is_replaced(make_mailer: Callable[..., Mailer]) -> None:
-    server = SmtpServer(idle_timeout=0.2)
+    server = SmtpServer(idle_timeout=0.5)
     server.start()
     try:
         mailer = make_mailer(mail_port=server.port)
         [first] = send_each(mailer, 1)
-        time.sleep(0.5)  # long enough for the server to hang up on the idle connection
+        time.sleep(1.5)  # the server hangs up on a connection idle for 0.5 s
 
         [second] = send_each(mailer, 1)
     finally:
@@ -481,6 +521,28 @@ def test_connection_the_server_timed_out_is_replaced(make_mailer: Callable[..., 
 
     assert len(server.handler.to(second)) == 1
     assert server.handler.peers[first] != server.handler.peers[second]
+
+
+def test_each_thread_sends_over_a_connection_of_its_own(
+    mailer: Mailer, smtp_server: SmtpServer
+) -> None:
+    sent: list[list[str]] = []
+
+    def send_two_then_close() -> None:
+        sent.append(send_each(mailer, 2))
+        mailer.close()  # closes this thread's connection, and no other
+
+    threads = [threading.Thread(target=send_two_then_close) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(GUARD_SECONDS)
+
+    peers = smtp_server.handler.peers
+    assert len(sent) == 2
+    assert [len({peers[address] for address in addresses}) for addresses in sent] == [1, 1]
+    assert peers[sent[0][0]] != peers[sent[1][0]]
+    assert {peers[sent[0][0]], peers[sent[1][0]]} <= set(smtp_server.handler.quit_by)
 
 
 def test_failed_send_drops_the_connection(mailer: Mailer, smtp_server: SmtpServer) -> None:

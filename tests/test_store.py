@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from jobql.connections import create_redis
-from jobql.jobs import JobKind, JobState, meta_key, record_key
+from jobql.jobs import JobKind, JobState, meta_key, pending_key, record_key
 from jobql.store import JobStore
 
 if TYPE_CHECKING:
@@ -46,6 +46,16 @@ async def test_enqueue_writes_record_and_message(store: JobStore, redis: Redis) 
     assert envelope["headers"]["eta"] is None
     args, kwargs, _ = json.loads(base64.b64decode(envelope["body"]))
     assert (args, kwargs) == (["a@example.com", "A"], {})
+
+
+async def test_enqueue_sent_again_queues_the_job_once(store: JobStore, redis: Redis) -> None:
+    # What a pipeline retried after its connection broke would do.
+    job_id = str(uuid.uuid4())
+    for _ in range(2):
+        await store.enqueue(JobKind.WELCOME_EMAIL, "u1", ["a@example.com", "A"], job_id=job_id)
+
+    assert await redis.llen(store.queue) == 1
+    assert await redis.zcard(pending_key(store.queue)) == 1
 
 
 async def test_delayed_job_carries_an_eta(store: JobStore, redis: Redis) -> None:

@@ -6,6 +6,7 @@ import contextlib
 import select
 import smtplib
 import socket
+import threading
 import time
 from typing import TYPE_CHECKING
 
@@ -20,6 +21,8 @@ if TYPE_CHECKING:
 # Many servers refuse more messages than this on one connection; reconnecting
 # before they do costs one handshake in a hundred messages.
 MESSAGES_PER_CONNECTION = 100
+# Seconds to wait for the answer to QUIT: the messages are accepted already.
+QUIT_TIMEOUT = 1.0
 
 
 class MailTemporarilyFailed(Exception):
@@ -59,7 +62,8 @@ class Mailer:
     idle for less than `keepalive` seconds, has carried fewer than `messages_per_connection`
     messages, and the server has said nothing since its last answer: a server that gives
     up on an idle client says 421 or hangs up, and either one is waiting on the socket.
-    A connection that failed in any way is dropped, so the next send starts afresh.
+    A connection that failed in any way is dropped, so the next send starts afresh. Each
+    thread has a connection of its own (a pool process has one thread that sends).
     """
 
     def __init__(
@@ -71,9 +75,7 @@ class Mailer:
         self.app = app
         self.keepalive = keepalive
         self.messages_per_connection = messages_per_connection
-        self._connection: TimedConnection | None = None
-        self._sent = 0
-        self._idle_since = 0.0
+        self._session = _Session()
 
     def send_welcome(
         self,
@@ -84,9 +86,9 @@ class Mailer:
     ) -> str:
         """Send the welcome email; return its Message-ID.
 
-        `on_accepted` is called as soon as the server has accepted the message: the sooner
-        a send is recorded, the smaller the window in which a dying worker leaves it
-        unrecorded.
+        `on_accepted` is called as soon as the server has accepted the message, before
+        anything else is said to it: the sooner a send is recorded, the smaller the window
+        in which a dying worker leaves it unrecorded.
         """
         with self.app.app_context():
             message = self._welcome_message(job_id, recipient, username)
@@ -108,17 +110,21 @@ class Mailer:
             except OSError as exc:
                 raise MailTemporarilyFailed(f"could not reach the SMTP server: {exc}") from exc
         on_accepted(message.msgId)
+        if not self._reusable():  # say goodbye now, not when the next email comes
+            self.close()
         return message.msgId
 
     def close(self) -> None:
-        """Say QUIT and close the connection, if one is open."""
-        connection, self._connection = self._connection, None
+        """QUIT and close this thread's connection, if it has one."""
+        connection, self._session.connection = self._session.connection, None
         if connection is None or connection.host is None:
             return
-        # The messages were accepted already; a server that drops QUIT changes nothing.
-        with contextlib.suppress(smtplib.SMTPException, OSError):
-            connection.host.quit()
-        connection.host.close()
+        host = connection.host
+        if host.sock is not None and not _readable(host.sock):
+            host.sock.settimeout(min(QUIT_TIMEOUT, self.app.config["MAIL_TIMEOUT"]))
+            with contextlib.suppress(smtplib.SMTPException, OSError):
+                host.quit()
+        host.close()
 
     def _welcome_message(self, job_id: str, recipient: str, username: str) -> Message:
         site_name = self.app.config["SITE_NAME"]
@@ -132,37 +138,49 @@ class Mailer:
         return message
 
     def _send(self, message: Message) -> None:
-        connection = self._open_connection()
+        session = self._session
+        if not self._reusable():
+            self.close()
+        if session.connection is None:
+            connection = TimedConnection(
+                self.app.extensions["mail"], self.app.config["MAIL_TIMEOUT"]
+            )
+            session.connection = connection.__enter__()  # connects, unless sending is suppressed
+            session.sent = 0
+        connection = session.connection
         try:
             connection.send(message)
         except BaseException:
             # Whatever state the session is in, it is not one to send the next message in;
             # and QUIT could only replace this error with its own.
-            self._connection = None
+            session.connection = None
             if connection.host is not None:
                 connection.host.close()
             raise
-        self._sent += 1
-        self._idle_since = time.monotonic()
-        if self.keepalive == 0 or self._sent >= self.messages_per_connection:
-            self.close()
+        session.sent += 1
+        session.idle_since = time.monotonic()
 
-    def _open_connection(self) -> TimedConnection:
-        if self._connection is not None and self._reusable(self._connection):
-            return self._connection
-        self.close()
-        connection = TimedConnection(self.app.extensions["mail"], self.app.config["MAIL_TIMEOUT"])
-        self._connection = connection.__enter__()  # connects, unless sending is suppressed
-        self._sent = 0
-        return connection
-
-    def _reusable(self, connection: TimedConnection) -> bool:
-        host = connection.host
+    def _reusable(self) -> bool:
+        """Whether this thread's connection may carry the next message."""
+        session = self._session
+        if session.connection is None:
+            return False
+        host = session.connection.host
         if host is None:  # sending is suppressed: there is no connection to wear out
             return True
-        if host.sock is None or time.monotonic() - self._idle_since >= self.keepalive:
+        if host.sock is None or session.sent >= self.messages_per_connection:
+            return False
+        if time.monotonic() - session.idle_since >= self.keepalive:
             return False
         return not _readable(host.sock)
+
+
+class _Session(threading.local):
+    """A thread's connection, and what it has done so far."""
+
+    connection: TimedConnection | None = None
+    sent = 0
+    idle_since = 0.0
 
 
 class TimedConnection(Connection):
