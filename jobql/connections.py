@@ -99,9 +99,9 @@ class AutoPipeline:
         for commands, reply in callers:
             mine = replies[start : start + len(commands)]
             start += len(commands)
-            error = next((each for each in mine if isinstance(each, Exception)), None)
             if reply.done():
                 continue
+            error = next((each for each in mine if isinstance(each, Exception)), None)
             if error is None:
                 reply.set_result(mine)
             else:

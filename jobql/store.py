@@ -76,7 +76,6 @@ class Dedupe:
 
 class JobStore:
     def __init__(self, redis: Redis, result_expires: int, queue: str = DEFAULT_QUEUE) -> None:
-        self.redis = redis
         self.result_expires = result_expires
         self.queue = queue
         self._pipeline = AutoPipeline(redis)

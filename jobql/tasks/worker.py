@@ -26,8 +26,6 @@ from jobql.tasks.housekeeping import housekeeping_step
 from jobql.tasks.mail import Mailer, MailRejected, MailTemporarilyFailed, create_mail_app
 
 if TYPE_CHECKING:
-    from redis import Redis
-
     from jobql.settings import Settings
     from jobql.tasks.backend import JobResultBackend
 
@@ -38,10 +36,6 @@ class JobTask(Task):  # type: ignore[type-arg]
     """A task that keeps its job record up to date, reports progress and refuses poison."""
 
     max_attempts = 3
-
-    @property
-    def redis(self) -> Redis:
-        return self.backend.client  # type: ignore[attr-defined,no-any-return]
 
     def before_start(self, task_id: str, args: Any, kwargs: Any) -> None:
         """Stamp the start time, count this delivery of this try, and say STARTED."""
