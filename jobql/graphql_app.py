@@ -28,6 +28,7 @@ from strawberry.types.execution import PreExecutionError, SubscriptionExecutionR
 from strawberry.types.unset import UNSET
 
 from jobql.auth import InvalidToken
+from jobql.errors import Unauthenticated
 from jobql.multipart import FormLimits, FormRejected, read_form
 from jobql.request_guard import UPLOADS
 from jobql.resolvers.context import Context, Services
@@ -170,7 +171,10 @@ class JobqlGraphQL(GraphQL[Context, None]):
         )
         if prefers_graphql_response(request.headers):
             sub_response.headers["content-type"] = GRAPHQL_RESPONSE_CONTENT_TYPE
-            if is_request_error(result):
+            if is_unauthenticated(result):
+                sub_response.status_code = 401
+                sub_response.headers["www-authenticate"] = "Bearer"
+            elif is_request_error(result):
                 sub_response.status_code = 400
         return result
 
@@ -291,6 +295,14 @@ def is_request_error(result: ExecutionResult) -> bool:
         result.data is None
         and bool(result.errors)
         and all(error.path is None for error in result.errors or ())
+    )
+
+
+def is_unauthenticated(result: ExecutionResult) -> bool:
+    """Whether the operation was refused for its token, before its document was even parsed."""
+    return isinstance(result, PreExecutionError) and any(
+        (error.extensions or {}).get("code") == Unauthenticated.code
+        for error in result.errors or ()
     )
 
 

@@ -187,16 +187,23 @@ def test_application_json_keeps_200_and_null_data_for_a_request_error(
 def test_execution_is_200_with_data_for_graphql_response_json(web: WebServer) -> None:
     query = {"query": "query Job($id: ID!) { job(id: $id) { id } }", "variables": {"id": "x"}}
 
+    send = {"query": 'mutation { sendWelcomeEmail(email: "a@example.com", username: "A") { id } }'}
+
     found = post(web, query, GRAPHQL_RESPONSE, token("reader"))
-    refused = post(web, query, GRAPHQL_RESPONSE, None)
+    forbidden = post(web, send, GRAPHQL_RESPONSE, token("reader"))
+    anonymous = post(web, query, GRAPHQL_RESPONSE, None)
 
     assert found.status_code == 200
     assert found.headers["content-type"] == f"{GRAPHQL_RESPONSE}; charset=utf-8"
     assert found.json() == {"data": {"job": None}}
-    # A field error (here: no token) happens while executing: 200, with the data entry.
-    assert refused.status_code == 200
-    assert refused.json()["data"] == {"job": None}
-    assert error_codes(refused.json()) == ["UNAUTHENTICATED"]
+    # A field error (here: a missing scope) happens while executing: 200, with the data entry.
+    assert forbidden.status_code == 200
+    assert forbidden.json()["data"] is None
+    assert error_codes(forbidden.json()) == ["FORBIDDEN"]
+    # No token: refused before the document is even parsed, so nothing was executed.
+    assert anonymous.status_code == 401
+    assert "data" not in anonymous.json()
+    assert error_codes(anonymous.json()) == ["UNAUTHENTICATED"]
 
 
 def test_malformed_request_is_a_graphql_response_for_graphql_response_json(
