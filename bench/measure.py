@@ -26,10 +26,10 @@ from bench.harness import ROOT, SECRET_KEY, Bench
 from bench.reference.tasks import thumbnail
 from jobql.auth import ALL_SCOPES, issue_token
 from jobql.connections import create_redis
-from jobql.jobs import ImageFormat, JobKind, meta_key
+from jobql.images import ImageFormat, make_avatar
+from jobql.jobs import meta_key
 from jobql.settings import Settings
 from jobql.store import JobStore
-from jobql.tasks.avatar import make_avatar
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -212,7 +212,7 @@ async def make_jobs(bench: Bench, count: int) -> list[str]:
     settings = Settings(redis_url=bench.redis.url, secret_key=SecretStr(SECRET_KEY))
     redis = create_redis(settings)
     store = JobStore(redis, result_expires=3600, queue="bench-nobody-consumes")
-    jobs = [await store.enqueue(JobKind.AVATAR, "bench", []) for _ in range(count)]
+    jobs = [await store.enqueue("avatar", "bench", {}) for _ in range(count)]
     await redis.aclose()
     return [job.id for job in jobs]
 
@@ -373,7 +373,9 @@ async def completion(bench: Bench, size: Size) -> dict[str, Any]:
 
     async def ours_emails() -> list[str]:
         jobs = [
-            await store.enqueue(JobKind.WELCOME_EMAIL, "bench", [f"c{n}@example.com", "C"])
+            await store.enqueue(
+                "welcome_email", "bench", {"recipient": f"c{n}@example.com", "username": "C"}
+            )
             for n in range(size.emails)
         ]
         return [job.id for job in jobs]
@@ -382,7 +384,16 @@ async def completion(bench: Bench, size: Size) -> dict[str, Any]:
         ids = []
         for n in range(size.avatars):
             (settings.incoming_dir / f"a{n}.upload").write_bytes(photo)
-            job = await store.enqueue(JobKind.AVATAR, "bench", [f"a{n}.upload", 256, 85, "JPEG"])
+            job = await store.enqueue(
+                "avatar",
+                "bench",
+                {
+                    "incoming_name": f"a{n}.upload",
+                    "size": 256,
+                    "quality": 85,
+                    "image_format": "JPEG",
+                },
+            )
             ids.append(job.id)
         return ids
 

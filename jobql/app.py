@@ -1,4 +1,5 @@
-"""Builds the web application: GraphQL at /graphql (HTTP and WebSocket), avatars at /media."""
+"""Builds the web application: GraphQL at /graphql (HTTP and WebSocket), result files at
+/media (public) and /files (each job's owner only)."""
 
 from __future__ import annotations
 
@@ -20,11 +21,14 @@ from strawberry.subscriptions import (
 
 from jobql.auth import TokenVerifier
 from jobql.connections import create_redis
+from jobql.downloads import PrivateFiles
+from jobql.files import PRIVATE_URL, PUBLIC_URL, ResultFiles
 from jobql.graphql_app import JobqlGraphQL
 from jobql.health import Health, healthz
 from jobql.logs import configure_logging, route_uvicorn_logs_to_root
 from jobql.multipart import FormLimits
 from jobql.rate_limit import MutationRateLimit
+from jobql.registry import load_kinds
 from jobql.request_guard import RequestGuard
 from jobql.resolvers.context import Services
 from jobql.schema import build_schema
@@ -38,7 +42,6 @@ if TYPE_CHECKING:
     from starlette.types import ASGIApp, Receive, Scope, Send
 
 GRAPHQL_PATH = "/graphql"
-AVATARS_PATH = "/media/avatars"
 STATIC_DIR = Path(__file__).parent / "static"
 # WebSocket (both protocols), Server-Sent Events and multipart HTTP, for every kind of client.
 SUBSCRIPTION_PROTOCOLS = (
@@ -85,6 +88,7 @@ def create_app(settings: Settings | None = None) -> GraphQLFirst:
     secret_key = settings.require_secret_key()
     configure_logging(settings.log_json)
     route_uvicorn_logs_to_root()
+    kinds = load_kinds(settings)
     redis = create_redis(settings)
     services = Services(
         settings=settings,
@@ -92,9 +96,10 @@ def create_app(settings: Settings | None = None) -> GraphQLFirst:
         store=JobStore(redis, result_expires=settings.result_expires),
         watcher=JobWatcher(settings.redis_url, timeout=settings.redis_timeout),
         rate_limit=MutationRateLimit(redis, settings.redis_url, settings.rate_limit_per_minute),
+        kinds=kinds,
     )
+    files = ResultFiles(settings.media_root)
     settings.incoming_dir.mkdir(parents=True, exist_ok=True)
-    settings.avatars_dir.mkdir(parents=True, exist_ok=True)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -108,7 +113,7 @@ def create_app(settings: Settings | None = None) -> GraphQLFirst:
         await redis.aclose()
 
     graphql = JobqlGraphQL(
-        build_schema(introspection=settings.introspection),
+        build_schema(kinds, introspection=settings.introspection),
         services=services,
         multipart_uploads_enabled=True,
         subscription_protocols=SUBSCRIPTION_PROTOCOLS,
@@ -121,7 +126,20 @@ def create_app(settings: Settings | None = None) -> GraphQLFirst:
     app.add_api_route("/healthz", healthz, include_in_schema=False)
     app.add_api_route("/readyz", health.readyz, include_in_schema=False)
     app.add_api_route("/metrics", health.metrics, include_in_schema=False)
-    app.mount(AVATARS_PATH, StaticFiles(directory=settings.avatars_dir), name="avatars")
+    for area in kinds.file_areas:
+        if not area.private:
+            folder = files.public_dir(area)
+            folder.mkdir(parents=True, exist_ok=True)
+            app.mount(
+                f"{PUBLIC_URL}/{area.folder}", StaticFiles(directory=folder), name=area.folder
+            )
+    private = PrivateFiles(files, kinds.file_areas, services.tokens, services.store)
+    app.add_route(
+        f"{PRIVATE_URL}/{{folder}}/{{job_id}}/{{name}}",
+        private.download,
+        methods=["GET"],
+        include_in_schema=False,
+    )
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.add_api_route("/", job_page, include_in_schema=False)
     guarded = RequestGuard(

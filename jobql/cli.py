@@ -1,5 +1,5 @@
 """The `jobql` command: web, worker, token, schema and dev; and a client of a running server
-(upload-avatar, send-welcome, jobs get)."""
+(a command per kind of job that has one, and jobs get)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import argparse
 import os
 import sys
 from datetime import timedelta
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from jobql.registry import BadKindModule, KindsDisagree, load_kinds
 from jobql.settings import MissingSecretKey, Settings
 
 if TYPE_CHECKING:
@@ -18,28 +18,35 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from jobql.client import JobData, JobqlClient
+    from jobql.kinds import Command
+    from jobql.registry import Kinds
 
 # How a client command ended: its exit status.
 EXIT_OK = 0  # SUCCESS, or (without --wait) accepted
 EXIT_JOB_FAILED = 1  # FAILURE or REVOKED; `jobs get` of no such job
 EXIT_USAGE = 2  # bad arguments, or a GraphQL error the server answered with
 EXIT_UNAVAILABLE = 3  # cannot connect, or SERVICE_UNAVAILABLE
-IMAGE_FORMATS = ("JPEG", "WEBP", "PNG")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = _parser()
+    try:
+        kinds = load_kinds(Settings())
+    except BadKindModule as exc:
+        print(f"jobql: {exc}", file=sys.stderr)
+        return 2
+    parser = _parser(kinds)
     args, extra = parser.parse_known_args(argv)
     if extra and args.command != "worker":
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.kinds = kinds
     try:
         return int(args.run(args, extra))
-    except MissingSecretKey as exc:
+    except (MissingSecretKey, KindsDisagree) as exc:
         print(f"jobql {args.command}: {exc}", file=sys.stderr)
         return 2
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(kinds: Kinds) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jobql", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -82,24 +89,13 @@ def _parser() -> argparse.ArgumentParser:
     dev.add_argument("--port", type=int, default=8000)
     dev.set_defaults(run=_dev)
 
-    upload = commands.add_parser(
-        "upload-avatar", help="upload a photo to a running server, to become a square avatar"
-    )
-    upload.add_argument("photo", type=Path, help="the photo (JPEG, PNG, WebP or GIF)")
-    upload.add_argument("--size", type=int, default=None, help="side in pixels, 32..1024 (256)")
-    upload.add_argument(
-        "--format", dest="image_format", type=str.upper, choices=IMAGE_FORMATS, default=None
-    )
-    _client_options(upload)
-    upload.set_defaults(run=_upload_avatar)
-
-    welcome = commands.add_parser(
-        "send-welcome", help="queue a welcome email on a running server (scope email:send)"
-    )
-    welcome.add_argument("email")
-    welcome.add_argument("username")
-    _client_options(welcome)
-    welcome.set_defaults(run=_send_welcome)
+    for kind in kinds:
+        if kind.command is None:
+            continue
+        command = commands.add_parser(kind.command.name, help=kind.command.help)
+        kind.command.add_arguments(command)
+        _client_options(command)
+        command.set_defaults(run=_queue, queue_command=kind.command)
 
     jobs = commands.add_parser("jobs", help="look at jobs on a running server")
     jobs_commands = jobs.add_subparsers(dest="jobs_command", metavar="{get}", required=True)
@@ -126,9 +122,11 @@ def _client_options(parser: argparse.ArgumentParser, wait: bool = True) -> None:
 def _web(args: argparse.Namespace, extra: list[str]) -> int:
     from jobql.logs import configure_logging
     from jobql.processes import serve
+    from jobql.registry import check_agreement
 
     settings = Settings()
     settings.require_secret_key()
+    check_agreement(settings, "web", args.kinds)
     configure_logging(settings.log_json)
     return serve(
         args.host,
@@ -166,7 +164,7 @@ def _token(args: argparse.Namespace, extra: list[str]) -> int:
 def _schema(args: argparse.Namespace, extra: list[str]) -> int:
     from jobql.schema import build_schema
 
-    print(build_schema().as_str())
+    print(build_schema(args.kinds).as_str())
     return 0
 
 
@@ -176,25 +174,16 @@ def _dev(args: argparse.Namespace, extra: list[str]) -> int:
     return run_dev(args.host, args.port)
 
 
-def _upload_avatar(args: argparse.Namespace, extra: list[str]) -> int:
-    photo: Path = args.photo
-    try:
-        with photo.open("rb"):
-            pass
-    except OSError as exc:
-        print(f"jobql {args.command}: cannot read {photo}: {exc.strerror}", file=sys.stderr)
+def _queue(args: argparse.Namespace, extra: list[str]) -> int:
+    """A kind's command: queue its job (and with --wait, follow it)."""
+    command: Command = args.queue_command
+    problem = command.check(args)
+    if problem is not None:
+        print(f"jobql {args.command}: {problem}", file=sys.stderr)
         return EXIT_USAGE
 
     async def run(client: JobqlClient) -> int:
-        job = await client.upload_avatar(photo, size=args.size, image_format=args.image_format)
-        return await _accepted(client, job, args.wait)
-
-    return _run_client(args, run)
-
-
-def _send_welcome(args: argparse.Namespace, extra: list[str]) -> int:
-    async def run(client: JobqlClient) -> int:
-        job = await client.send_welcome(args.email, args.username)
+        job = await command.queue(client, args)
         return await _accepted(client, job, args.wait)
 
     return _run_client(args, run)
@@ -235,7 +224,7 @@ def _run_client(args: argparse.Namespace, run: Callable[[JobqlClient], Awaitable
     token = args.token or os.environ.get("JOBQL_TOKEN") or None
 
     async def main() -> int:
-        async with JobqlClient(url, token) as client:
+        async with JobqlClient(url, token, kinds=args.kinds) as client:
             return await run(client)
 
     try:
@@ -321,17 +310,9 @@ def _report(client: JobqlClient, job: JobData) -> int:
     if not job["done"]:
         print(f"job {job['id']}: the server stopped sending before it ended", file=sys.stderr)
         return EXIT_UNAVAILABLE
-    result = job.get("result") or {}
     if job["state"] == "SUCCESS":
-        if result.get("__typename") == "AvatarResult":
-            print(f"avatar: {client.absolute_url(result['url'])}")
-            print(
-                f"size: {result['width']}x{result['height']} {result['format']}, "
-                f"{result['sizeBytes']} bytes"
-            )
-        elif result.get("__typename") == "EmailResult":
-            print(f"message-id: {result['messageId']}")
-            print(f"recipient: {result['recipient']}")
+        for line in client.describe(job):
+            print(line)
         return EXIT_OK
     error = job.get("error") or {}
     retry = " (it may succeed if tried again)" if error.get("retryable") else ""

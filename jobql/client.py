@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Self, cast
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import httpx
+from strawberry.utils.str_converters import to_camel_case
 from websockets.asyncio.client import connect
 from websockets.exceptions import (
     ConnectionClosed,
@@ -24,6 +25,8 @@ from websockets.exceptions import (
 )
 from websockets.typing import Subprotocol
 
+from jobql.registry import Kinds, built_in_kinds
+
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator
     from pathlib import Path
@@ -31,32 +34,46 @@ if TYPE_CHECKING:
 
     from websockets.asyncio.client import ClientConnection
 
+    from jobql.kinds import Kind
+
 DEFAULT_URL = "http://127.0.0.1:8000/graphql"
 GRAPHQL_TRANSPORT_WS = Subprotocol("graphql-transport-ws")
 SERVICE_UNAVAILABLE = "SERVICE_UNAVAILABLE"
 UNAUTHENTICATED = "UNAUTHENTICATED"
 
-JOB_FIELDS = """
+
+def result_fields(kind: Kind[Any, Any]) -> str:
+    """`... on <its result type> { <every field> }`, by GraphQL names."""
+    definition = kind.result.__strawberry_definition__
+    names = " ".join(
+        field.graphql_name or to_camel_case(field.python_name) for field in definition.fields
+    )
+    return f"... on {definition.name} {{ {names} }}"
+
+
+def job_fragment(kinds: Kinds) -> str:
+    """`fragment JobFields on Job`: every field of a job, with the result of every kind."""
+    results = "\n        ".join(result_fields(kind) for kind in kinds)
+    return f"""
+fragment JobFields on Job {{
     id kind state done progress createdAt startedAt finishedAt
-    result {
+    result {{
         __typename
-        ... on AvatarResult { url width height sizeBytes format }
-        ... on EmailResult { recipient messageId }
-    }
-    error { code message retryable }
-"""
-JOB_QUERY = f"query Job($id: ID!) {{ job(id: $id) {{ {JOB_FIELDS} }} }}"
-JOB_SUBSCRIPTION = f"subscription FollowJob($id: ID!) {{ job(id: $id) {{ {JOB_FIELDS} }} }}"
-SEND_WELCOME = f"""
-mutation SendWelcome($email: String!, $username: String!, $delaySeconds: Int! = 0) {{
-    sendWelcomeEmail(email: $email, username: $username, delaySeconds: $delaySeconds) {{
-        {JOB_FIELDS}
+        {results}
     }}
+    error {{ code message retryable }}
 }}"""
-UPLOAD_AVATAR = f"""
-mutation UploadAvatar($file: Upload!, $options: AvatarOptions) {{
-    uploadAvatar(file: $file, options: $options) {{ {JOB_FIELDS} }}
-}}"""
+
+
+def with_job_fields(document: str, kinds: Kinds | None = None) -> str:
+    """`document`, which spreads `...JobFields`, with the fragment it needs."""
+    return document + job_fragment(kinds or built_in_kinds())
+
+
+JOB_QUERY = with_job_fields("query Job($id: ID!) { job(id: $id) { ...JobFields } }")
+JOB_SUBSCRIPTION = with_job_fields(
+    "subscription FollowJob($id: ID!) { job(id: $id) { ...JobFields } }"
+)
 
 # A job as the API answers it: the fields of JOB_FIELDS, by their GraphQL names.
 JobData = dict[str, Any]
@@ -106,12 +123,20 @@ class JobqlClient:
         *,
         timeout: float = 60.0,
         connect_timeout: float = 5.0,
+        kinds: Kinds | None = None,
     ) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise InvalidUrl(f"not an http(s) URL: {url!r}")
         self.url = url
         self.token = token
+        self.kinds = kinds or built_in_kinds()
+        self._job_query = with_job_fields(
+            "query Job($id: ID!) { job(id: $id) { ...JobFields } }", self.kinds
+        )
+        self._job_subscription = with_job_fields(
+            "subscription FollowJob($id: ID!) { job(id: $id) { ...JobFields } }", self.kinds
+        )
         self.connect_timeout = connect_timeout
         self._http = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout, connect=connect_timeout),
@@ -139,48 +164,65 @@ class JobqlClient:
         return urlunsplit((scheme, *parts[1:]))
 
     def absolute_url(self, path: str) -> str:
-        """A URL the server gave as a path (an avatar's), made absolute against the API URL."""
+        """A URL the server gave as a path (a result file's), made absolute against the API URL."""
         return urljoin(self.url, path)
 
-    async def upload_avatar(
-        self, photo: Path, size: int | None = None, image_format: str | None = None
+    async def mutate(
+        self, document: str, operation_name: str, variables: dict[str, Any]
     ) -> JobData:
-        """Upload `photo` (streamed from disk) to become an avatar; answers with the new job."""
-        options: dict[str, Any] = {}
-        if size is not None:
-            options["size"] = size
-        if image_format is not None:
-            options["format"] = image_format
+        """Send a kind's mutation (which spreads `...JobFields`); answers with the job."""
+        data = await self._post(
+            json={
+                "query": with_job_fields(document, self.kinds),
+                "operationName": operation_name,
+                "variables": variables,
+            }
+        )
+        return _only_job(data)
+
+    async def mutate_with_file(
+        self,
+        document: str,
+        operation_name: str,
+        variables: dict[str, Any],
+        file_variable: str,
+        path: Path,
+    ) -> JobData:
+        """`mutate`, with the file at `path` (streamed from disk) as the upload
+        `file_variable`, in a GraphQL multipart request."""
         operations = {
-            "query": UPLOAD_AVATAR,
-            "operationName": "UploadAvatar",
-            "variables": {"file": None, "options": options or None},
+            "query": with_job_fields(document, self.kinds),
+            "operationName": operation_name,
+            "variables": {**variables, file_variable: None},
         }
-        content_type = mimetypes.guess_type(photo.name)[0] or "application/octet-stream"
-        with photo.open("rb") as file:
+        content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        with path.open("rb") as file:
             data = await self._post(
                 data={
                     "operations": json.dumps(operations),
-                    "map": json.dumps({"0": ["variables.file"]}),
+                    "map": json.dumps({"0": [f"variables.{file_variable}"]}),
                 },
-                files={"0": (_plain_filename(photo), file, content_type)},
+                files={"0": (_plain_filename(path), file, content_type)},
             )
-        return cast("JobData", data["uploadAvatar"])
-
-    async def send_welcome(self, email: str, username: str, delay_seconds: int = 0) -> JobData:
-        """Queue a welcome email (needs the `email:send` scope); answers with the job."""
-        variables = {"email": email, "username": username, "delaySeconds": delay_seconds}
-        data = await self._post(
-            json={"query": SEND_WELCOME, "operationName": "SendWelcome", "variables": variables}
-        )
-        return cast("JobData", data["sendWelcomeEmail"])
+        return _only_job(data)
 
     async def get_job(self, job_id: str) -> JobData | None:
         """The job, or None if it does not exist, has expired or is someone else's."""
         data = await self._post(
-            json={"query": JOB_QUERY, "operationName": "Job", "variables": {"id": job_id}}
+            json={"query": self._job_query, "operationName": "Job", "variables": {"id": job_id}}
         )
         return cast("JobData | None", data["job"])
+
+    def describe(self, job: JobData) -> list[str]:
+        """What to print of a finished job's result: its kind says."""
+        result = job.get("result") or {}
+        kind = next((k for k in self.kinds if k.graphql_name == job.get("kind")), None)
+        if kind is None or not result:
+            return []
+        fields = {key: value for key, value in result.items() if key != "__typename"}
+        if kind.describe is not None:
+            return kind.describe(fields, self.absolute_url)
+        return [f"{key}: {value}" for key, value in fields.items()]
 
     async def follow(self, job_id: str) -> AsyncGenerator[JobData, None]:
         """The job now, then at every change of state, until it is done.
@@ -233,7 +275,7 @@ class JobqlClient:
                     "id": "1",
                     "type": "subscribe",
                     "payload": {
-                        "query": JOB_SUBSCRIPTION,
+                        "query": self._job_subscription,
                         "operationName": "FollowJob",
                         "variables": {"id": job_id},
                     },
@@ -335,10 +377,18 @@ def _raise_errors(body: dict[str, Any]) -> None:
     raise ApiError(code, message, {**extensions, "code": code})
 
 
-def _plain_filename(photo: Path) -> str:
+def _only_job(data: dict[str, Any]) -> JobData:
+    """The job a mutation answered with (its one field)."""
+    [job] = data.values()
+    if not isinstance(job, dict):
+        raise BadResponse("the server answered with no job")
+    return job
+
+
+def _plain_filename(path: Path) -> str:
     """The name to send: the server takes only a plain, printable name."""
-    name = photo.name
-    return name if name.isprintable() and len(name) <= 255 else "photo"
+    name = path.name
+    return name if name.isprintable() and len(name) <= 255 else "file"
 
 
 def _reason(exc: BaseException) -> str:

@@ -13,7 +13,7 @@ import json
 import math
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -23,6 +23,8 @@ DEFAULT_QUEUE = "celery"
 # Per queue, the jobs queued but not started yet, scored by when they may start: what
 # recovery watches.
 PENDING_PREFIX = "jobql:pending:"
+# Per owner, their jobs scored by creation time: what a kind reads to list a user's jobs.
+OWNER_PREFIX = "jobql:owner:"
 
 
 class JobState(StrEnum):
@@ -38,23 +40,9 @@ class JobState(StrEnum):
 TERMINAL_STATES = frozenset({JobState.SUCCESS, JobState.FAILURE, JobState.REVOKED})
 
 
-class JobKind(StrEnum):
-    AVATAR = "avatar"
-    WELCOME_EMAIL = "welcome_email"
-
-    @property
-    def task_name(self) -> str:
-        return f"jobql.{self.value}"
-
-
-class ImageFormat(StrEnum):
-    JPEG = "JPEG"
-    WEBP = "WEBP"
-    PNG = "PNG"
-
-    @property
-    def extension(self) -> str:
-        return {"JPEG": "jpg", "WEBP": "webp", "PNG": "png"}[self.value]
+def task_name(kind: str) -> str:
+    """The Celery task that runs jobs of `kind` (a kind's name, as the job record keeps it)."""
+    return f"jobql.{kind}"
 
 
 class JobFailed(Exception):
@@ -72,6 +60,14 @@ class JobFailed(Exception):
 
 
 @dataclass(frozen=True, slots=True)
+class Dedupe:
+    """At most one job per `key` for `ttl`: a second request gets the first job instead."""
+
+    key: str
+    ttl: timedelta
+
+
+@dataclass(frozen=True, slots=True)
 class JobError:
     code: str
     message: str
@@ -81,7 +77,7 @@ class JobError:
 @dataclass(frozen=True, slots=True)
 class JobSnapshot:
     id: str
-    kind: JobKind
+    kind: str  # the kind's name
     owner: str
     state: JobState
     created_at: datetime
@@ -108,6 +104,10 @@ def pending_key(queue: str) -> str:
     return f"{PENDING_PREFIX}{queue}"
 
 
+def owner_key(owner: str) -> str:
+    return f"{OWNER_PREFIX}{owner}"
+
+
 def new_job_id() -> str:
     return str(uuid.uuid4())
 
@@ -123,8 +123,8 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def new_record(kind: JobKind, owner: str, created_at: datetime) -> dict[str, str]:
-    return {"owner": owner, "kind": kind.value, "created_at": created_at.isoformat()}
+def new_record(kind: str, owner: str, created_at: datetime) -> dict[str, str]:
+    return {"owner": owner, "kind": kind, "created_at": created_at.isoformat()}
 
 
 def load_meta(raw: bytes | str | None) -> dict[str, Any] | None:
@@ -138,7 +138,7 @@ def snapshot(job_id: str, record: dict[str, str], meta: dict[str, Any] | None) -
     """Combine a job record with Celery's result meta (None while nothing is stored)."""
     base = JobSnapshot(
         id=job_id,
-        kind=JobKind(record["kind"]),
+        kind=record["kind"],
         owner=record["owner"],
         state=JobState.PENDING,
         created_at=datetime.fromisoformat(record["created_at"]),

@@ -26,12 +26,17 @@ _ORIGIN = f"{os.getpid()}@{socket.gethostname()}"
 
 
 def task_message(
-    task_name: str, task_id: str, args: list[Any], queue: str, eta: datetime | None = None
+    task_name: str, task_id: str, kwargs: dict[str, Any], queue: str, eta: datetime | None = None
 ) -> str:
-    """The envelope Kombu's Redis transport would push for `send_task(task_name, args, eta=eta)`."""
+    """The envelope Kombu's Redis transport would push for
+    `send_task(task_name, kwargs=kwargs, eta=eta)`.
+
+    Arguments go by name: the worker calls the task with them, so a payload that does not
+    fit the task's signature fails as a TypeError, never as arguments taken in the wrong order.
+    """
     # Byte for byte the body Celery's own JSON serializer writes.
     body = json.dumps(
-        [args, {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}]
+        [[], kwargs, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}]
     ).encode()
     headers: dict[str, Any] = {
         "lang": "py",
@@ -46,8 +51,9 @@ def task_message(
         "timelimit": [None, None],
         "root_id": task_id,
         "parent_id": None,
-        "argsrepr": f"<{len(args)} args>",
-        "kwargsrepr": "{}",
+        "argsrepr": "()",
+        # Not the values: they may be personal (an email address).
+        "kwargsrepr": f"<{len(kwargs)} kwargs>",
         "origin": _ORIGIN,
         "ignore_result": False,
         "replaced_task_nesting": 0,

@@ -18,6 +18,10 @@ class Settings(BaseSettings):
     redis_url: str = "redis://127.0.0.1:6379/0"
     media_root: Path = Path("media")
     secret_key: SecretStr | None = None
+    kinds: str = Field(
+        default="",
+        description="Modules of more kinds of job, comma-separated (mypackage.jobs.export)",
+    )
 
     mail_server: str | None = None
     mail_port: int = 25
@@ -102,9 +106,9 @@ class Settings(BaseSettings):
         return self.secret_key.get_secret_value()
 
     @property
-    def incoming_dir(self) -> Path:
-        return self.media_root / "incoming"
+    def kind_modules(self) -> list[str]:
+        return [name.strip() for name in self.kinds.split(",") if name.strip()]
 
     @property
-    def avatars_dir(self) -> Path:
-        return self.media_root / "avatars"
+    def incoming_dir(self) -> Path:
+        return self.media_root / "incoming"

@@ -6,22 +6,23 @@ same moment (`AutoPipeline`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from jobql.connections import AutoPipeline, text
 from jobql.jobs import (
     DEFAULT_QUEUE,
-    JobKind,
+    Dedupe,
     JobSnapshot,
     is_job_id,
     load_meta,
     meta_key,
     new_job_id,
     new_record,
+    owner_key,
     pending_key,
     record_key,
     snapshot,
+    task_name,
     utcnow,
 )
 from jobql.messages import task_message
@@ -39,7 +40,8 @@ NO_SUCH_JOB = "00000000-0000-0000-0000-000000000000"
 
 # Atomically: unless KEYS[1] (a dedupe key, when given) names an earlier job, claim it,
 # write the job record (with a copy of the message, kept until a worker starts the job),
-# note the job as pending, queue the task message and count it as accepted. Returns the
+# note the job as pending, queue the task message, count it as accepted and add it to its
+# owner's jobs (dropping those old enough to have expired). Returns the
 # earlier job's id, or false. A job whose record exists is queued already: a pipeline
 # sent again after its connection broke must not queue it twice.
 ENQUEUE_SCRIPT = """
@@ -49,11 +51,14 @@ if KEYS[1] ~= '' then
   if earlier then return earlier end
   redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 end
-redis.call('HSET', KEYS[2], 'message', ARGV[4], unpack(ARGV, 7))
+redis.call('HSET', KEYS[2], 'message', ARGV[4], unpack(ARGV, 8))
 redis.call('EXPIRE', KEYS[2], ARGV[3])
 redis.call('ZADD', KEYS[4], ARGV[5], ARGV[1])
 redis.call('LPUSH', KEYS[3], ARGV[4])
 redis.call('HINCRBY', KEYS[5], ARGV[6], 1)
+redis.call('ZADD', KEYS[6], ARGV[7], ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', ARGV[7] - ARGV[3])
+redis.call('EXPIRE', KEYS[6], ARGV[3])
 return false
 """
 
@@ -66,14 +71,6 @@ class AlreadyQueued(Exception):
         self.job_id = job_id
 
 
-@dataclass(frozen=True, slots=True)
-class Dedupe:
-    """At most one job per `key` for `ttl`: a second request gets the first job instead."""
-
-    key: str
-    ttl: timedelta
-
-
 class JobStore:
     def __init__(self, redis: Redis, result_expires: int, queue: str = DEFAULT_QUEUE) -> None:
         self.result_expires = result_expires
@@ -82,9 +79,9 @@ class JobStore:
 
     async def enqueue(
         self,
-        kind: JobKind,
+        kind: str,
         owner: str,
-        args: list[Any],
+        kwargs: dict[str, Any],
         job_id: str | None = None,
         delay: timedelta | None = None,
         dedupe: Dedupe | None = None,
@@ -98,13 +95,14 @@ class JobStore:
         created_at = utcnow()
         eta = created_at + delay if delay else None
         record = new_record(kind, owner, created_at)
-        message = task_message(kind.task_name, job_id, args, self.queue, eta)
+        message = task_message(task_name(kind), job_id, kwargs, self.queue, eta)
         keys = [
             dedupe.key if dedupe else "",
             record_key(job_id),
             self.queue,
             pending_key(self.queue),
             STATS_KEY,
+            owner_key(owner),
         ]
         args = [
             job_id,
@@ -112,7 +110,8 @@ class JobStore:
             self.result_expires,
             message,
             (eta or created_at).timestamp(),
-            accepted_field(kind.value),
+            accepted_field(kind),
+            created_at.timestamp(),
             *(part for pair in record.items() for part in pair),
         ]
         # EVAL rather than EVALSHA: Redis keeps the compiled script either way, and a

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 from aiosmtpd.controller import Controller
 from pydantic import SecretStr
 
+from jobql.client import with_job_fields
+from jobql.kinds import avatar, welcome_email
 from jobql.redis_server import free_port
 
 if TYPE_CHECKING:
@@ -27,6 +29,9 @@ if TYPE_CHECKING:
 
 REJECTING_DOMAIN = "reject.example.org"  # every recipient here gets 550
 DEFERRING_DOMAIN = "defer.example.org"  # each recipient here gets 451 once, then 250
+# The built-in kinds' mutations, as the terminal client sends them.
+UPLOAD_AVATAR = with_job_fields(avatar.UPLOAD_AVATAR)
+SEND_WELCOME = with_job_fields(welcome_email.SEND_WELCOME)
 
 
 def settings_env(settings: Settings) -> dict[str, str]:

@@ -9,8 +9,14 @@ from typing import TYPE_CHECKING
 import pytest
 from PIL import Image, ImageCms
 
-from jobql.jobs import ImageFormat
-from jobql.tasks.avatar import Avatar, InvalidImage, existing_avatar, make_avatar, remove_leftovers
+from jobql.images import (
+    Avatar,
+    ImageFormat,
+    InvalidImage,
+    existing_avatar,
+    make_avatar,
+    remove_leftovers,
+)
 from tests.images import is_blue, is_red, phone_photo, transparent_png, truncated_jpeg
 
 if TYPE_CHECKING:

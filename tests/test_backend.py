@@ -12,11 +12,11 @@ import redis
 from celery import Celery
 from celery.app.task import Context
 
-from jobql.jobs import JobKind, meta_key, pending_key, record_key
+from jobql.jobs import meta_key, pending_key, record_key, task_name
 from jobql.stats import STATS_KEY
 from jobql.tasks.backend import (
     ATTEMPT_MARK,
-    SENT_MESSAGE_ID,
+    CHECKPOINT,
     Delivery,
     JobResultBackend,
     backend_url,
@@ -51,7 +51,7 @@ def client(redis_server: RedisServer) -> Iterator[redis.Redis]:
 def request(job_id: str, *args: Any, started: float | None = None) -> Context:
     context = Context(
         id=job_id,
-        task=JobKind.WELCOME_EMAIL.task_name,
+        task=task_name("welcome_email"),
         retries=0,
         args=list(args),
         kwargs={},
@@ -130,7 +130,7 @@ def test_start_counts_the_delivery_and_stores_started_with_its_attempt(
 
     attempts = [start(backend, job_id, *args, pid=1234) for _ in range(2)]
 
-    assert attempts == [Delivery(1, None), Delivery(2, None)]
+    assert attempts == [Delivery(1, None, "u"), Delivery(2, None, "u")]
     meta = stored(client, job_id)
     assert meta["status"] == "STARTED"
     assert meta["result"] == {"attempt": 2, "pid": 1234}
@@ -154,7 +154,7 @@ def test_start_hands_back_the_message_id_an_earlier_delivery_sent(
     backend: JobResultBackend, client: redis.Redis
 ) -> None:
     job_id = str(uuid.uuid4())
-    client.hset(record_key(job_id), SENT_MESSAGE_ID, f"<{job_id}@jobql>")
+    client.hset(record_key(job_id), CHECKPOINT, f"<{job_id}@jobql>")
     assert start(backend, job_id) == Delivery(1, f"<{job_id}@jobql>")
 
 
@@ -163,8 +163,8 @@ def test_sent_is_noted_in_the_record_with_its_progress(
 ) -> None:
     job_id = str(uuid.uuid4())
     client.hset(record_key(job_id), "owner", "u")
-    backend.mark_as_sent(job_id, request(job_id), f"<{job_id}@jobql>", progress=90, attempt=1)
-    assert client.hget(record_key(job_id), SENT_MESSAGE_ID) == f"<{job_id}@jobql>".encode()
+    backend.mark_checkpoint(job_id, request(job_id), f"<{job_id}@jobql>", progress=90, attempt=1)
+    assert client.hget(record_key(job_id), CHECKPOINT) == f"<{job_id}@jobql>".encode()
     meta = stored(client, job_id)
     assert (meta["status"], meta["result"]) == ("PROGRESS", {"progress": 90, "attempt": 1})
 
@@ -173,5 +173,5 @@ def test_sent_does_not_bring_back_a_record_that_is_gone(
     backend: JobResultBackend, client: redis.Redis
 ) -> None:
     job_id = str(uuid.uuid4())
-    backend.mark_as_sent(job_id, request(job_id), f"<{job_id}@jobql>", progress=90)
+    backend.mark_checkpoint(job_id, request(job_id), f"<{job_id}@jobql>", progress=90)
     assert not client.exists(record_key(job_id))

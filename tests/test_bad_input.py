@@ -19,11 +19,12 @@ from gql.transport.file_upload import FileVar
 from PIL import Image
 
 from jobql.auth import SCOPE_SEND_EMAIL
-from jobql.client import JOB_QUERY, SEND_WELCOME, UPLOAD_AVATAR
+from jobql.client import JOB_QUERY
 from jobql.jobs import record_key
 from tests.conftest import token
 from tests.graphql_clients import GRAPHQL_TRANSPORT_WS, execute, follow, http_client, ws_client
 from tests.images import heic_photo, phone_photo, png_declaring
+from tests.support import SEND_WELCOME, UPLOAD_AVATAR
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator

@@ -17,9 +17,10 @@ import httpx
 import pytest
 
 from jobql.auth import SCOPE_SEND_EMAIL, issue_token
-from jobql.client import JOB_SUBSCRIPTION, SEND_WELCOME
+from jobql.client import JOB_SUBSCRIPTION
 from jobql.graphql_app import prefers_graphql_response
 from tests.conftest import SECRET_KEY, token
+from tests.support import SEND_WELCOME
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

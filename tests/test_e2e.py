@@ -15,7 +15,7 @@ from gql.transport.websockets import WebsocketsTransport
 from PIL import Image
 
 from jobql.auth import SCOPE_SEND_EMAIL, issue_token
-from jobql.client import JOB_QUERY, SEND_WELCOME, UPLOAD_AVATAR
+from jobql.client import JOB_QUERY
 from tests.conftest import SECRET_KEY, token
 from tests.graphql_clients import (
     GRAPHQL_TRANSPORT_WS,
@@ -26,7 +26,7 @@ from tests.graphql_clients import (
     ws_client,
 )
 from tests.images import is_blue, is_red, phone_photo, truncated_jpeg
-from tests.support import DEFERRING_DOMAIN, REJECTING_DOMAIN
+from tests.support import DEFERRING_DOMAIN, REJECTING_DOMAIN, SEND_WELCOME, UPLOAD_AVATAR
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator

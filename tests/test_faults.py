@@ -23,12 +23,12 @@ from PIL import Image
 from redis import Redis
 
 from jobql.auth import SCOPE_SEND_EMAIL
-from jobql.client import JOB_QUERY, SEND_WELCOME, UPLOAD_AVATAR
+from jobql.client import JOB_QUERY
 from jobql.jobs import meta_key, record_key
-from jobql.tasks.backend import SENT_MESSAGE_ID
+from jobql.tasks.backend import CHECKPOINT
 from tests.conftest import token
 from tests.graphql_clients import execute, follow, http_client, ws_client
-from tests.support import REJECTING_DOMAIN
+from tests.support import REJECTING_DOMAIN, SEND_WELCOME, UPLOAD_AVATAR
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -129,7 +129,7 @@ async def test_pool_process_killed_mid_avatar_still_succeeds_once(
     assert killed, first
     assert rest[-1]["state"] == "SUCCESS", rest[-1]
     assert deliveries(stack, job_id) == 2  # killed once, delivered again
-    avatars = sorted(p.name for p in stack.settings.avatars_dir.iterdir())
+    avatars = sorted(p.name for p in (stack.settings.media_root / "avatars").iterdir())
     assert avatars == [f"{job_id}.jpg"]  # exactly one file, no half-written leftover
     assert list(stack.settings.incoming_dir.iterdir()) == []
 
@@ -315,7 +315,7 @@ async def test_email_an_earlier_delivery_sent_is_not_sent_again(
     job_id = await send_welcome(web, address, delaySeconds=2)
     # What a delivery leaves when the server accepted its message and it died before SUCCESS.
     with Redis.from_url(stack.settings.redis_url) as client:
-        client.hset(record_key(job_id), SENT_MESSAGE_ID, f"<{job_id}@jobql>")
+        client.hset(record_key(job_id), CHECKPOINT, f"<{job_id}@jobql>")
 
     events = await follow_to_end(web, job_id, within=30)
 

@@ -7,10 +7,11 @@ import socket
 import threading
 import time
 import uuid
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import pytest
 
+from jobql.kinds.welcome_email import WelcomePayload, welcome
 from jobql.redis_server import free_port
 from jobql.tasks.mail import (
     Mailer,
@@ -28,6 +29,24 @@ if TYPE_CHECKING:
     from jobql.settings import Settings
 
 GUARD_SECONDS = 10.0
+
+
+class WelcomeMailer(Mailer):
+    """A mailer that sends the welcome kind's email, as its task body does."""
+
+    def __init__(self, *args: Any, site_name: str = "Testsite", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.site_name = site_name
+
+    def send_welcome(
+        self,
+        job_id: str,
+        recipient: str,
+        username: str,
+        on_accepted: Callable[[str], None] = lambda message_id: None,
+    ) -> str:
+        email = welcome(self, self.site_name, job_id, WelcomePayload(recipient, username))
+        return self.send(email, on_accepted)
 
 
 def unique(prefix: str = "job") -> str:
@@ -54,7 +73,7 @@ def only_message_to(smtp_server: SmtpServer, address: str) -> EmailMessage:
 
 
 def send_guarded(
-    mailer: Mailer, address: str, on_accepted: Callable[[str], None] = lambda _: None
+    mailer: WelcomeMailer, address: str, on_accepted: Callable[[str], None] = lambda _: None
 ) -> BaseException | str:
     """Send in a thread; fail the test, rather than hang it, if it does not finish in time."""
     outcome: list[BaseException | str] = []
@@ -74,13 +93,17 @@ def send_guarded(
 
 
 @pytest.fixture
-def make_mailer(make_settings: Callable[..., Settings]) -> Iterator[Callable[..., Mailer]]:
+def make_mailer(make_settings: Callable[..., Settings]) -> Iterator[Callable[..., WelcomeMailer]]:
     """Mailers built from settings with these overrides, closed when the test ends."""
-    mailers: list[Mailer] = []
+    mailers: list[WelcomeMailer] = []
 
-    def make(**overrides: object) -> Mailer:
+    def make(**overrides: object) -> WelcomeMailer:
         settings = make_settings(**overrides)
-        mailer = Mailer(create_mail_app(settings), keepalive=settings.mail_keepalive)
+        mailer = WelcomeMailer(
+            create_mail_app(settings),
+            keepalive=settings.mail_keepalive,
+            site_name=settings.site_name,
+        )
         mailers.append(mailer)
         return mailer
 
@@ -90,7 +113,7 @@ def make_mailer(make_settings: Callable[..., Settings]) -> Iterator[Callable[...
 
 
 @pytest.fixture
-def mailer(make_mailer: Callable[..., Mailer]) -> Mailer:
+def mailer(make_mailer: Callable[..., WelcomeMailer]) -> WelcomeMailer:
     return make_mailer()
 
 
@@ -221,7 +244,6 @@ def test_mail_app_holds_the_settings(make_settings: Callable[..., Settings]) -> 
     assert app.config["MAIL_SERVER"] == "127.0.0.1"
     assert app.config["MAIL_PORT"] == settings.mail_port
     assert app.config["MAIL_DEFAULT_SENDER"] == "jobql <noreply@jobql.test>"
-    assert app.config["SITE_NAME"] == "Elsewhere"
     assert app.config["MAIL_TIMEOUT"] == 2.5
     assert "mail" in app.extensions
 
@@ -230,7 +252,7 @@ def test_mail_app_holds_the_settings(make_settings: Callable[..., Settings]) -> 
 
 
 def test_welcome_message_arrives_with_subject_id_sender_and_both_parts(
-    mailer: Mailer, smtp_server: SmtpServer
+    mailer: WelcomeMailer, smtp_server: SmtpServer
 ) -> None:
     job_id = unique()
     address = recipient()
@@ -252,7 +274,7 @@ def test_welcome_message_arrives_with_subject_id_sender_and_both_parts(
 
 
 def test_subject_uses_the_configured_site_name(
-    make_mailer: Callable[..., Mailer], smtp_server: SmtpServer
+    make_mailer: Callable[..., WelcomeMailer], smtp_server: SmtpServer
 ) -> None:
     mailer = make_mailer(site_name="Acme Portal")
     address = recipient()
@@ -265,7 +287,7 @@ def test_subject_uses_the_configured_site_name(
 
 
 def test_repeat_send_of_one_job_keeps_its_message_id(
-    mailer: Mailer, smtp_server: SmtpServer
+    mailer: WelcomeMailer, smtp_server: SmtpServer
 ) -> None:
     job_id = unique()
     address = recipient()
@@ -278,7 +300,9 @@ def test_repeat_send_of_one_job_keeps_its_message_id(
     assert ids == {message_id(job_id)}
 
 
-def test_username_is_html_escaped_in_the_html_part(mailer: Mailer, smtp_server: SmtpServer) -> None:
+def test_username_is_html_escaped_in_the_html_part(
+    mailer: WelcomeMailer, smtp_server: SmtpServer
+) -> None:
     address = recipient()
     username = '<script>alert("x")</script>&co'
 
@@ -293,7 +317,7 @@ def test_username_is_html_escaped_in_the_html_part(mailer: Mailer, smtp_server: 
     assert username in text_of(message, "plain")
 
 
-def test_non_ascii_username_survives(mailer: Mailer, smtp_server: SmtpServer) -> None:
+def test_non_ascii_username_survives(mailer: WelcomeMailer, smtp_server: SmtpServer) -> None:
     address = recipient()
 
     mailer.send_welcome(unique(), address, "Zoë Ørsted 山田")
@@ -303,7 +327,7 @@ def test_non_ascii_username_survives(mailer: Mailer, smtp_server: SmtpServer) ->
     assert "Zoë Ørsted 山田" in text_of(message, "html")
 
 
-def test_on_accepted_hears_the_message_id_once(mailer: Mailer) -> None:
+def test_on_accepted_hears_the_message_id_once(mailer: WelcomeMailer) -> None:
     accepted: list[str] = []
 
     returned = mailer.send_welcome("job-accepted", recipient(), "grace", accepted.append)
@@ -311,7 +335,7 @@ def test_on_accepted_hears_the_message_id_once(mailer: Mailer) -> None:
     assert accepted == [returned] == [message_id("job-accepted")]
 
 
-def test_send_restores_the_default_socket_timeout(mailer: Mailer) -> None:
+def test_send_restores_the_default_socket_timeout(mailer: WelcomeMailer) -> None:
     before = socket.getdefaulttimeout()
 
     mailer.send_welcome(unique(), recipient(), "dave")
@@ -322,7 +346,7 @@ def test_send_restores_the_default_socket_timeout(mailer: Mailer) -> None:
 # --- refusals and failures ------------------------------------------------------------------
 
 
-def test_550_recipient_raises_mail_rejected(mailer: Mailer, smtp_server: SmtpServer) -> None:
+def test_550_recipient_raises_mail_rejected(mailer: WelcomeMailer, smtp_server: SmtpServer) -> None:
     address = recipient(REJECTING_DOMAIN)
 
     with pytest.raises(MailRejected, match="550"):
@@ -332,7 +356,7 @@ def test_550_recipient_raises_mail_rejected(mailer: Mailer, smtp_server: SmtpSer
 
 
 def test_451_recipient_raises_temporary_failure_then_succeeds(
-    mailer: Mailer, smtp_server: SmtpServer
+    mailer: WelcomeMailer, smtp_server: SmtpServer
 ) -> None:
     address = recipient(DEFERRING_DOMAIN)
     job_id = unique()
@@ -353,7 +377,7 @@ def test_rejected_and_temporary_are_distinct() -> None:
 
 
 def test_nothing_listening_raises_temporary_failure(
-    make_mailer: Callable[..., Mailer],
+    make_mailer: Callable[..., WelcomeMailer],
 ) -> None:
     mailer = make_mailer(mail_port=free_port())
 
@@ -363,7 +387,7 @@ def test_nothing_listening_raises_temporary_failure(
 
 
 def test_silent_server_times_out_as_temporary_failure(
-    make_mailer: Callable[..., Mailer], silent_server: int
+    make_mailer: Callable[..., WelcomeMailer], silent_server: int
 ) -> None:
     mailer = make_mailer(mail_port=silent_server, mail_timeout=0.5)
 
@@ -374,7 +398,7 @@ def test_silent_server_times_out_as_temporary_failure(
 
 
 def test_server_stalling_after_greeting_times_out_as_temporary_failure(
-    make_mailer: Callable[..., Mailer], stalling_server: int
+    make_mailer: Callable[..., WelcomeMailer], stalling_server: int
 ) -> None:
     mailer = make_mailer(mail_port=stalling_server, mail_timeout=0.5)
 
@@ -383,7 +407,7 @@ def test_server_stalling_after_greeting_times_out_as_temporary_failure(
     assert isinstance(outcome, MailTemporarilyFailed), outcome
 
 
-def test_550_then_hang_up_raises_mail_rejected(make_mailer: Callable[..., Mailer]) -> None:
+def test_550_then_hang_up_raises_mail_rejected(make_mailer: Callable[..., WelcomeMailer]) -> None:
     with smtp_peer(refuse_then_hang_up) as port:
         mailer = make_mailer(mail_port=port, mail_timeout=2.0)
         outcome = send_guarded(mailer, recipient())
@@ -392,7 +416,7 @@ def test_550_then_hang_up_raises_mail_rejected(make_mailer: Callable[..., Mailer
 
 
 def test_accepted_message_is_sent_even_if_the_server_drops_quit(
-    make_mailer: Callable[..., Mailer],
+    make_mailer: Callable[..., WelcomeMailer],
 ) -> None:
     accepted: list[str] = []
     with smtp_peer(accept_then_hang_up) as port:
@@ -405,7 +429,7 @@ def test_accepted_message_is_sent_even_if_the_server_drops_quit(
 
 
 def test_send_is_recorded_before_quit_and_a_silent_quit_is_not_waited_out(
-    make_mailer: Callable[..., Mailer],
+    make_mailer: Callable[..., WelcomeMailer],
 ) -> None:
     heard: list[bytes] = []
     quit_heard = threading.Event()
@@ -445,7 +469,7 @@ def test_send_is_recorded_before_quit_and_a_silent_quit_is_not_waited_out(
 # --- one connection for many messages -------------------------------------------------------
 
 
-def send_each(mailer: Mailer, count: int) -> list[str]:
+def send_each(mailer: WelcomeMailer, count: int) -> list[str]:
     """Send `count` emails; return their recipients."""
     addresses = [recipient() for _ in range(count)]
     for address in addresses:
@@ -453,7 +477,9 @@ def send_each(mailer: Mailer, count: int) -> list[str]:
     return addresses
 
 
-def test_messages_in_a_row_share_one_connection(mailer: Mailer, smtp_server: SmtpServer) -> None:
+def test_messages_in_a_row_share_one_connection(
+    mailer: WelcomeMailer, smtp_server: SmtpServer
+) -> None:
     first, second = send_each(mailer, 2)
 
     peers = smtp_server.handler.peers
@@ -461,7 +487,7 @@ def test_messages_in_a_row_share_one_connection(mailer: Mailer, smtp_server: Smt
     assert peers[first] not in smtp_server.handler.quit_by
 
 
-def test_close_says_quit(mailer: Mailer, smtp_server: SmtpServer) -> None:
+def test_close_says_quit(mailer: WelcomeMailer, smtp_server: SmtpServer) -> None:
     [address] = send_each(mailer, 1)
 
     mailer.close()
@@ -470,7 +496,7 @@ def test_close_says_quit(mailer: Mailer, smtp_server: SmtpServer) -> None:
 
 
 def test_no_keepalive_opens_and_quits_a_connection_per_message(
-    make_mailer: Callable[..., Mailer], smtp_server: SmtpServer
+    make_mailer: Callable[..., WelcomeMailer], smtp_server: SmtpServer
 ) -> None:
     first, second = send_each(make_mailer(mail_keepalive=0), 2)
 
@@ -480,7 +506,7 @@ def test_no_keepalive_opens_and_quits_a_connection_per_message(
 
 
 def test_connection_idle_past_the_keepalive_is_replaced(
-    make_mailer: Callable[..., Mailer], smtp_server: SmtpServer
+    make_mailer: Callable[..., WelcomeMailer], smtp_server: SmtpServer
 ) -> None:
     mailer = make_mailer(mail_keepalive=0.2)
     [first] = send_each(mailer, 1)
@@ -496,7 +522,9 @@ def test_connection_idle_past_the_keepalive_is_replaced(
 def test_a_connection_carries_at_most_its_message_limit(
     make_settings: Callable[..., Settings], smtp_server: SmtpServer
 ) -> None:
-    mailer = Mailer(create_mail_app(make_settings()), keepalive=10, messages_per_connection=2)
+    mailer = WelcomeMailer(
+        create_mail_app(make_settings()), keepalive=10, messages_per_connection=2
+    )
     try:
         addresses = send_each(mailer, 3)
     finally:
@@ -507,7 +535,9 @@ def test_a_connection_carries_at_most_its_message_limit(
     assert peers[0] in smtp_server.handler.quit_by
 
 
-def test_connection_the_server_timed_out_is_replaced(make_mailer: Callable[..., Mailer]) -> None:
+def test_connection_the_server_timed_out_is_replaced(
+    make_mailer: Callable[..., WelcomeMailer],
+) -> None:
     server = SmtpServer(idle_timeout=0.5)
     server.start()
     try:
@@ -524,7 +554,7 @@ def test_connection_the_server_timed_out_is_replaced(make_mailer: Callable[..., 
 
 
 def test_each_thread_sends_over_a_connection_of_its_own(
-    mailer: Mailer, smtp_server: SmtpServer
+    mailer: WelcomeMailer, smtp_server: SmtpServer
 ) -> None:
     sent: list[list[str]] = []
 
@@ -545,7 +575,7 @@ def test_each_thread_sends_over_a_connection_of_its_own(
     assert {peers[sent[0][0]], peers[sent[1][0]]} <= set(smtp_server.handler.quit_by)
 
 
-def test_failed_send_drops_the_connection(mailer: Mailer, smtp_server: SmtpServer) -> None:
+def test_failed_send_drops_the_connection(mailer: WelcomeMailer, smtp_server: SmtpServer) -> None:
     refused = recipient(REJECTING_DOMAIN)
     with pytest.raises(MailRejected):
         mailer.send_welcome(unique(), refused, "Ann")

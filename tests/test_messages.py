@@ -13,7 +13,7 @@ from celery import Celery
 from celery.worker.request import Request
 from kombu import Connection
 
-from jobql.jobs import DEFAULT_QUEUE, JobKind, new_job_id
+from jobql.jobs import DEFAULT_QUEUE, new_job_id, task_name
 from jobql.messages import task_message
 
 if TYPE_CHECKING:
@@ -21,14 +21,19 @@ if TYPE_CHECKING:
 
     from jobql.redis_server import RedisServer
 
-AVATAR_ARGS: list[Any] = ["incoming.jpg", 128, 80, "WEBP"]
-MAIL_ARGS: list[Any] = ["zoë@example.com", "Zoë 名前"]
+AVATAR_ARGS: dict[str, Any] = {
+    "incoming_name": "incoming.jpg",
+    "size": 128,
+    "quality": 80,
+    "image_format": "WEBP",
+}
+MAIL_ARGS: dict[str, Any] = {"recipient": "zoë@example.com", "username": "Zoë 名前"}
 EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
-# Values that are Celery's but need not be equal: who sent it, and how the args are logged.
-INFORMATIONAL_HEADERS = {"origin", "argsrepr"}
+# Values that are Celery's but need not be equal: who sent it, and how the kwargs are logged.
+INFORMATIONAL_HEADERS = {"origin", "kwargsrepr"}
 
 
-def envelope(task_name: str, task_id: str, args: list[Any], queue: str) -> dict[str, Any]:
+def envelope(task_name: str, task_id: str, args: dict[str, Any], queue: str) -> dict[str, Any]:
     decoded = json.loads(task_message(task_name, task_id, args, queue))
     assert isinstance(decoded, dict)
     return decoded
@@ -61,17 +66,15 @@ def queue(redis_server: RedisServer) -> Iterator[str]:
 # --- against Celery's own message builder -----------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("kind", "args"), [(JobKind.AVATAR, AVATAR_ARGS), (JobKind.WELCOME_EMAIL, MAIL_ARGS)]
-)
-def test_headers_match_celery(celery_app: Celery, kind: JobKind, args: list[Any]) -> None:
+@pytest.mark.parametrize(("kind", "args"), [("avatar", AVATAR_ARGS), ("welcome_email", MAIL_ARGS)])
+def test_headers_match_celery(celery_app: Celery, kind: str, args: dict[str, Any]) -> None:
     task_id = new_job_id()
-    ours = envelope(kind.task_name, task_id, args, DEFAULT_QUEUE)["headers"]
-    theirs = celery_app.amqp.as_task_v2(task_id, kind.task_name, tuple(args), {}).headers
+    ours = envelope(task_name(kind), task_id, args, DEFAULT_QUEUE)["headers"]
+    theirs = celery_app.amqp.as_task_v2(task_id, task_name(kind), (), args).headers
     assert set(theirs) <= set(ours), set(theirs) - set(ours)
     for key in ("task", "id", "root_id", "retries", "lang", "ignore_result"):
         assert ours[key] == theirs[key], key
-    assert ours["task"] == kind.task_name
+    assert ours["task"] == task_name(kind)
     assert ours["id"] == task_id
     assert ours["root_id"] == task_id
     assert ours["retries"] == 0
@@ -83,27 +86,30 @@ def test_headers_match_celery(celery_app: Celery, kind: JobKind, args: list[Any]
     assert same == {k: v for k, v in celery_json.items() if k not in INFORMATIONAL_HEADERS}
     assert isinstance(ours["origin"], str)
     assert ours["origin"]
-    assert isinstance(ours["argsrepr"], str)
+    assert isinstance(ours["kwargsrepr"], str)
 
 
-def test_argsrepr_does_not_log_the_arguments() -> None:
-    headers = envelope(JobKind.WELCOME_EMAIL.task_name, new_job_id(), MAIL_ARGS, "q")["headers"]
-    assert "zoë@example.com" not in headers["argsrepr"]
-    assert headers["argsrepr"] == "<2 args>"
+def test_kwargsrepr_does_not_log_the_arguments() -> None:
+    headers = envelope(task_name("welcome_email"), new_job_id(), MAIL_ARGS, "q")["headers"]
+    assert "zoë@example.com" not in headers["kwargsrepr"]
+    assert headers["kwargsrepr"] == "<2 kwargs>"
+    assert headers["argsrepr"] == "()"
 
 
-@pytest.mark.parametrize("args", [AVATAR_ARGS, MAIL_ARGS, [], [None, True, 1.5, {"k": [1]}]])
-def test_body_matches_celery(celery_app: Celery, args: list[Any]) -> None:
+@pytest.mark.parametrize(
+    "args", [AVATAR_ARGS, MAIL_ARGS, {}, {"a": None, "b": True, "c": 1.5, "d": {"k": [1]}}]
+)
+def test_body_matches_celery(celery_app: Celery, args: dict[str, Any]) -> None:
     task_id = new_job_id()
-    message = envelope(JobKind.AVATAR.task_name, task_id, args, DEFAULT_QUEUE)
-    theirs = celery_app.amqp.as_task_v2(task_id, JobKind.AVATAR.task_name, tuple(args), {}).body
+    message = envelope(task_name("avatar"), task_id, args, DEFAULT_QUEUE)
+    theirs = celery_app.amqp.as_task_v2(task_id, task_name("avatar"), (), args).body
     assert body_of(message) == json.loads(json.dumps(theirs))
-    assert body_of(message) == [args, {}, EMBED]
+    assert body_of(message) == [[], args, EMBED]
 
 
 def test_envelope_and_properties() -> None:
     task_id = new_job_id()
-    message = envelope(JobKind.AVATAR.task_name, task_id, AVATAR_ARGS, "some-queue")
+    message = envelope(task_name("avatar"), task_id, AVATAR_ARGS, "some-queue")
     assert set(message) == {"body", "content-encoding", "content-type", "headers", "properties"}
     assert message["content-type"] == "application/json"
     assert message["content-encoding"] == "utf-8"
@@ -120,7 +126,7 @@ def test_envelope_and_properties() -> None:
 def test_delivery_tags_are_unique() -> None:
     task_id = new_job_id()
     tags = {
-        envelope(JobKind.AVATAR.task_name, task_id, AVATAR_ARGS, "q")["properties"]["delivery_tag"]
+        envelope(task_name("avatar"), task_id, AVATAR_ARGS, "q")["properties"]["delivery_tag"]
         for _ in range(20)
     }
     assert len(tags) == 20
@@ -135,14 +141,14 @@ def test_envelope_matches_what_celery_publishes_to_redis(
     app.conf.update(task_serializer="json", accept_content=["json"])
     client = redis.Redis.from_url(redis_server.url)
     try:
-        app.send_task(JobKind.WELCOME_EMAIL.task_name, MAIL_ARGS, task_id=task_id, queue=queue)
+        app.send_task(task_name("welcome_email"), kwargs=MAIL_ARGS, task_id=task_id, queue=queue)
         raw = client.lpop(queue)
     finally:
         client.close()
         app.close()
     assert isinstance(raw, bytes)
     theirs = json.loads(raw)
-    ours = envelope(JobKind.WELCOME_EMAIL.task_name, task_id, MAIL_ARGS, queue)
+    ours = envelope(task_name("welcome_email"), task_id, MAIL_ARGS, queue)
     assert set(ours) == set(theirs)
     for key in ("body", "content-type", "content-encoding"):
         assert ours[key] == theirs[key], key
@@ -165,19 +171,17 @@ def push(url: str, queue: str, message: str) -> None:
 
 def test_kombu_consumes_the_pushed_message(redis_server: RedisServer, queue: str) -> None:
     task_id = new_job_id()
-    push(
-        redis_server.url, queue, task_message(JobKind.AVATAR.task_name, task_id, AVATAR_ARGS, queue)
-    )
+    push(redis_server.url, queue, task_message(task_name("avatar"), task_id, AVATAR_ARGS, queue))
     with Connection(redis_server.url) as conn:
         simple = conn.SimpleQueue(queue)
         try:
             msg = simple.get(timeout=2)
-            assert msg.headers["task"] == JobKind.AVATAR.task_name
+            assert msg.headers["task"] == task_name("avatar")
             assert msg.headers["id"] == task_id
             assert msg.content_type == "application/json"
             assert msg.properties["correlation_id"] == task_id
             assert msg.delivery_info["routing_key"] == queue
-            assert msg.decode() == [AVATAR_ARGS, {}, EMBED]
+            assert msg.decode() == [[], AVATAR_ARGS, EMBED]
             msg.ack()
             assert msg.acknowledged
             with pytest.raises(simple.Empty):
@@ -189,7 +193,7 @@ def test_kombu_consumes_the_pushed_message(redis_server: RedisServer, queue: str
 def test_messages_are_consumed_in_push_order(redis_server: RedisServer, queue: str) -> None:
     ids = [new_job_id() for _ in range(3)]
     for task_id in ids:
-        push(redis_server.url, queue, task_message(JobKind.AVATAR.task_name, task_id, [], queue))
+        push(redis_server.url, queue, task_message(task_name("avatar"), task_id, {}, queue))
     with Connection(redis_server.url) as conn:
         simple = conn.SimpleQueue(queue)
         try:
@@ -209,7 +213,7 @@ def test_celery_worker_request_runs_the_pushed_task(redis_server: RedisServer, q
     app.conf.update(task_serializer="json", accept_content=["json"])
     calls: list[tuple[str, str]] = []
 
-    @app.task(name=JobKind.WELCOME_EMAIL.task_name, shared=False)
+    @app.task(name=task_name("welcome_email"), shared=False)
     def welcome_email(recipient: str, username: str) -> dict[str, str]:
         calls.append((recipient, username))
         return {"recipient": recipient}
@@ -218,7 +222,7 @@ def test_celery_worker_request_runs_the_pushed_task(redis_server: RedisServer, q
     push(
         redis_server.url,
         queue,
-        task_message(JobKind.WELCOME_EMAIL.task_name, task_id, MAIL_ARGS, queue),
+        task_message(task_name("welcome_email"), task_id, MAIL_ARGS, queue),
     )
     try:
         with app.connection_for_read() as conn:
@@ -227,9 +231,9 @@ def test_celery_worker_request_runs_the_pushed_task(redis_server: RedisServer, q
                 msg = simple.get(timeout=2)
                 request = Request(msg, app=app, task=welcome_email)
                 assert request.id == task_id
-                assert request.name == JobKind.WELCOME_EMAIL.task_name
-                assert request.args == MAIL_ARGS
-                assert request.kwargs == {}
+                assert request.name == task_name("welcome_email")
+                assert request.args == []
+                assert request.kwargs == MAIL_ARGS
                 assert request.delivery_info["routing_key"] == queue
                 retval = request.execute()
                 msg.ack()

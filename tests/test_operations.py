@@ -11,9 +11,9 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from jobql.auth import SCOPE_SEND_EMAIL
-from jobql.client import SEND_WELCOME
 from tests.conftest import token
 from tests.graphql_clients import execute, follow, http_client, ws_client
+from tests.support import SEND_WELCOME
 
 if TYPE_CHECKING:
     from collections.abc import Callable

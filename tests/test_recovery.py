@@ -10,7 +10,7 @@ import pytest
 from redis import Redis
 
 from jobql.connections import create_redis
-from jobql.jobs import JobKind, meta_key, pending_key, record_key
+from jobql.jobs import meta_key, pending_key, record_key
 from jobql.store import JobStore
 from jobql.tasks.recovery import UNACKED_KEY, recover_lost_jobs
 
@@ -40,7 +40,7 @@ def client(settings: Settings) -> Iterator[Redis]:
 
 async def lost_job(store: JobStore, client: Redis) -> str:
     """A job whose message a worker took off the queue and died before filing it."""
-    job = await store.enqueue(JobKind.WELCOME_EMAIL, "u", ["a@example.com", "A"])
+    job = await store.enqueue("welcome_email", "u", {"recipient": "a@example.com", "username": "A"})
     message = client.hget(record_key(job.id), "message")
     assert message is not None
     assert (
@@ -72,7 +72,7 @@ async def test_a_lost_message_is_queued_again_after_two_looks(
 async def test_a_message_on_the_queue_or_unacknowledged_is_left_alone(
     store: JobStore, client: Redis, queue: str
 ) -> None:
-    queued = await store.enqueue(JobKind.WELCOME_EMAIL, "u", [])
+    queued = await store.enqueue("welcome_email", "u", {})
     unacked = await lost_job(store, client)
     message = client.hget(record_key(unacked), "message")
     assert message is not None

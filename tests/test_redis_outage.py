@@ -9,10 +9,10 @@ import pytest
 from gql.transport.exceptions import TransportQueryError
 
 from jobql.auth import SCOPE_SEND_EMAIL
-from jobql.client import JOB_QUERY, SEND_WELCOME
+from jobql.client import JOB_QUERY
 from tests.conftest import token
 from tests.graphql_clients import execute, follow, http_client, ws_client
-from tests.support import start_web
+from tests.support import SEND_WELCOME, start_web
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator

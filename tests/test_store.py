@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from jobql.connections import create_redis
-from jobql.jobs import JobKind, JobState, meta_key, pending_key, record_key
+from jobql.jobs import JobState, meta_key, pending_key, record_key
 from jobql.store import JobStore
 
 if TYPE_CHECKING:
@@ -33,7 +33,9 @@ async def store(settings: Settings) -> AsyncIterator[JobStore]:
 
 
 async def test_enqueue_writes_record_and_message(store: JobStore, redis: Redis) -> None:
-    job = await store.enqueue(JobKind.WELCOME_EMAIL, "u1", ["a@example.com", "A"])
+    job = await store.enqueue(
+        "welcome_email", "u1", {"recipient": "a@example.com", "username": "A"}
+    )
 
     assert job.state is JobState.PENDING
     record = await redis.hgetall(record_key(job.id))
@@ -45,28 +47,34 @@ async def test_enqueue_writes_record_and_message(store: JobStore, redis: Redis) 
     assert envelope["headers"]["id"] == job.id
     assert envelope["headers"]["eta"] is None
     args, kwargs, _ = json.loads(base64.b64decode(envelope["body"]))
-    assert (args, kwargs) == (["a@example.com", "A"], {})
+    assert (args, kwargs) == ([], {"recipient": "a@example.com", "username": "A"})
 
 
 async def test_enqueue_sent_again_queues_the_job_once(store: JobStore, redis: Redis) -> None:
     # What a pipeline retried after its connection broke would do.
     job_id = str(uuid.uuid4())
     for _ in range(2):
-        await store.enqueue(JobKind.WELCOME_EMAIL, "u1", ["a@example.com", "A"], job_id=job_id)
+        await store.enqueue(
+            "welcome_email", "u1", {"recipient": "a@example.com", "username": "A"}, job_id=job_id
+        )
 
     assert await redis.llen(store.queue) == 1
     assert await redis.zcard(pending_key(store.queue)) == 1
 
 
 async def test_delayed_job_carries_an_eta(store: JobStore, redis: Redis) -> None:
-    job = await store.enqueue(JobKind.WELCOME_EMAIL, "u1", [], delay=timedelta(seconds=30))
+    job = await store.enqueue("welcome_email", "u1", {}, delay=timedelta(seconds=30))
     [raw] = await redis.lrange(store.queue, 0, -1)
     eta = json.loads(raw)["headers"]["eta"]
     assert eta == (job.created_at + timedelta(seconds=30)).isoformat()
 
 
 async def test_get_hides_other_owners_unknown_and_malformed_ids(store: JobStore) -> None:
-    job = await store.enqueue(JobKind.AVATAR, "owner", ["x.upload", 64, 80, "PNG"])
+    job = await store.enqueue(
+        "avatar",
+        "owner",
+        {"incoming_name": "x.upload", "size": 64, "quality": 80, "image_format": "PNG"},
+    )
 
     assert (await store.get(job.id, "owner")) == job
     assert await store.get(job.id, "someone-else") is None
@@ -76,7 +84,7 @@ async def test_get_hides_other_owners_unknown_and_malformed_ids(store: JobStore)
 
 
 async def test_get_reads_the_state_from_celerys_meta(store: JobStore, redis: Redis) -> None:
-    job = await store.enqueue(JobKind.WELCOME_EMAIL, "u2", [])
+    job = await store.enqueue("welcome_email", "u2", {})
     meta = {"status": "PROGRESS", "result": {"progress": 60, "attempt": 1}, "retries": 0}
     await redis.set(meta_key(job.id), json.dumps(meta))
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import pytest
 import redis
 
-from jobql.jobs import JobKind, JobState, meta_key, new_job_id, new_record, record_key, utcnow
+from jobql.jobs import JobState, meta_key, new_job_id, new_record, record_key, utcnow
 from jobql.tasks.sweep import job_is_over, sweep
 
 if TYPE_CHECKING:
@@ -54,7 +54,7 @@ def test_sweep_removes_old_uploads_of_jobs_that_are_over(dirs: tuple[Path, Path]
         asked.append(job_id)
         return job_id in (over, young_over)
 
-    removed = sweep(incoming, avatars, MIN_AGE, is_over, now=NOW)
+    removed = sweep(incoming, [avatars], MIN_AGE, is_over, now=NOW)
 
     assert removed == [old_done]
     assert not old_done.exists()
@@ -71,7 +71,7 @@ def test_sweep_removes_old_temp_avatars_and_keeps_the_rest(dirs: tuple[Path, Pat
     finished = touch(avatars / f"{job_id}.webp", OLD)
     not_hidden = touch(avatars / f"{new_job_id()}.tmp", OLD)
 
-    removed = sweep(incoming, avatars, MIN_AGE, lambda _: True, now=NOW)
+    removed = sweep(incoming, [avatars], MIN_AGE, lambda _: True, now=NOW)
 
     assert removed == [old_tmp]
     assert not old_tmp.exists()
@@ -84,7 +84,7 @@ def test_sweep_touches_only_upload_files_in_incoming(dirs: tuple[Path, Path]) ->
     hidden_tmp = touch(incoming / ".something.tmp", OLD)
     upload = touch(incoming / f"{new_job_id()}.upload", OLD)
 
-    removed = sweep(incoming, avatars, MIN_AGE, lambda _: True, now=NOW)
+    removed = sweep(incoming, [avatars], MIN_AGE, lambda _: True, now=NOW)
 
     assert removed == [upload]
     assert other.exists() and hidden_tmp.exists()
@@ -95,7 +95,7 @@ def test_sweep_of_both_kinds_returns_everything_it_removed(dirs: tuple[Path, Pat
     uploads = {touch(incoming / f"{new_job_id()}.upload", OLD) for _ in range(3)}
     temps = {touch(avatars / f".{new_job_id()}.png.tmp", OLD) for _ in range(2)}
 
-    removed = sweep(incoming, avatars, MIN_AGE, lambda _: True, now=NOW)
+    removed = sweep(incoming, [avatars], MIN_AGE, lambda _: True, now=NOW)
 
     assert len(removed) == 5
     assert set(removed) == uploads | temps
@@ -106,7 +106,7 @@ def test_sweep_with_nothing_to_do_removes_nothing(dirs: tuple[Path, Path]) -> No
     incoming, avatars = dirs
     young = touch(incoming / f"{new_job_id()}.upload", YOUNG)
 
-    assert sweep(incoming, avatars, MIN_AGE, lambda _: True, now=NOW) == []
+    assert sweep(incoming, [avatars], MIN_AGE, lambda _: True, now=NOW) == []
     assert young.exists()
 
 
@@ -115,7 +115,7 @@ def test_sweep_uses_the_clock_when_now_is_not_given(dirs: tuple[Path, Path]) -> 
     old = touch(incoming / f"{new_job_id()}.upload", time.time() - MIN_AGE - 60)
     fresh = touch(incoming / f"{new_job_id()}.upload", time.time())
 
-    removed = sweep(incoming, avatars, MIN_AGE, lambda _: True)
+    removed = sweep(incoming, [avatars], MIN_AGE, lambda _: True)
 
     assert removed == [old]
     assert fresh.exists()
@@ -139,7 +139,7 @@ def job_id(client: redis.Redis) -> Iterator[str]:
 
 
 def write_record(client: redis.Redis, job_id: str) -> None:
-    for name, value in new_record(JobKind.AVATAR, "alice", utcnow()).items():
+    for name, value in new_record("avatar", "alice", utcnow()).items():
         client.hset(record_key(job_id), name, value)
 
 
@@ -213,10 +213,12 @@ def test_job_is_over_drives_sweep(
     write_record(client, job_id)
     write_meta(client, job_id, JobState.PROGRESS, {"progress": 10})
 
-    removed = sweep(incoming, avatars, MIN_AGE, lambda j: job_is_over(client, j), now=NOW)
+    removed = sweep(incoming, [avatars], MIN_AGE, lambda j: job_is_over(client, j), now=NOW)
 
     assert removed == [orphan]
     assert running.exists()
 
     write_meta(client, job_id, JobState.SUCCESS, {"url": "/media/avatars/x.webp"})
-    assert sweep(incoming, avatars, MIN_AGE, lambda j: job_is_over(client, j), now=NOW) == [running]
+    assert sweep(incoming, [avatars], MIN_AGE, lambda j: job_is_over(client, j), now=NOW) == [
+        running
+    ]

@@ -5,12 +5,8 @@ from __future__ import annotations
 import pytest
 
 from jobql.errors import ApiError, BadUserInput
-from jobql.resolvers.validation import (
-    USERNAME_MAX,
-    checked_avatar_options,
-    checked_email,
-    checked_username,
-)
+from jobql.kinds.avatar import checked_avatar_options
+from jobql.kinds.welcome_email import USERNAME_MAX, checked_email, checked_username
 
 
 def assert_bad_input(raised: pytest.ExceptionInfo[BadUserInput], field: str) -> None:

@@ -4,19 +4,25 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import RedisError
 from strawberry.fastapi import BaseContext
 
 from jobql.auth import InvalidToken, Principal, TokenVerifier
-from jobql.errors import ServiceUnavailable, Unauthenticated
+from jobql.errors import BadUserInput, ServiceUnavailable, Unauthenticated
+from jobql.multipart import IncomingUpload
+from jobql.store import AlreadyQueued
 from jobql.watcher import WatchLost
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+    from pathlib import Path
 
+    from jobql.jobs import Dedupe, JobSnapshot
     from jobql.rate_limit import MutationRateLimit
+    from jobql.registry import Kinds
     from jobql.settings import Settings
     from jobql.store import JobStore
     from jobql.watcher import JobWatcher
@@ -31,6 +37,7 @@ class Services:
     store: JobStore
     watcher: JobWatcher
     rate_limit: MutationRateLimit
+    kinds: Kinds
 
 
 class Context(BaseContext):
@@ -39,6 +46,8 @@ class Context(BaseContext):
         self.services = services
         self.authorization = authorization
         self._principal: Principal | None = None
+        self._rate_checked = False
+        self._uploads: list[IncomingUpload] = []
 
     @property
     def settings(self) -> Settings:
@@ -79,3 +88,57 @@ class Context(BaseContext):
             return self.authenticate(self.authorization)
         except InvalidToken as exc:
             raise Unauthenticated(str(exc)) from exc
+
+    # --- what `jobql.kinds` offers a kind's mutation -----------------------------------------
+
+    async def check_rate(self) -> None:
+        """Count this request against the caller's rate limit, once."""
+        if self._rate_checked:
+            return
+        user_id = self.principal().user_id
+        with self.redis_errors_as_unavailable():
+            await self.rate_limit.check(user_id)
+        self._rate_checked = True
+
+    def incoming_upload(self, file: object, field: str) -> tuple[str, Path]:
+        if not isinstance(file, IncomingUpload):
+            raise BadUserInput(f"'{field}' must be a file sent as a multipart upload.", field=field)
+        if file.claimed:
+            raise BadUserInput("Each uploaded file can be used for one job only.", field=field)
+        self._uploads.append(file)
+        return file.id, file.path
+
+    def checked_delay(self, seconds: int, field: str) -> timedelta | None:
+        limit = self.settings.max_delay_seconds
+        if not 0 <= seconds <= limit:
+            raise BadUserInput(f"{field} must be 0..{limit}.", field=field)
+        return timedelta(seconds=seconds) if seconds else None
+
+    async def enqueue(
+        self,
+        kind: str,
+        kwargs: dict[str, Any],
+        *,
+        job_id: str | None,
+        delay: timedelta | None,
+        dedupe: Dedupe | None,
+    ) -> JobSnapshot | None:
+        """The queued job; with `dedupe`, the caller's earlier job, or None if the earlier
+        job is someone else's."""
+        user_id = self.principal().user_id
+        await self.check_rate()
+        with self.redis_errors_as_unavailable():
+            try:
+                queued = await self.store.enqueue(
+                    kind, user_id, kwargs, job_id=job_id, delay=delay, dedupe=dedupe
+                )
+            except AlreadyQueued as earlier:
+                return await self.store.get(earlier.job_id, owner=user_id)
+        for upload in self._uploads:
+            if upload.id == queued.id:
+                upload.claimed = True
+        return queued
+
+    async def existing_job(self, job_id: str) -> JobSnapshot | None:
+        with self.redis_errors_as_unavailable():
+            return await self.store.get(job_id, owner=self.principal().user_id)

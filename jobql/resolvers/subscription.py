@@ -7,12 +7,11 @@ from strawberry.types import Info
 from jobql.errors import NotFound, ServiceUnavailable
 from jobql.jobs import JobSnapshot, event_order, is_job_id, load_meta, meta_key, snapshot
 from jobql.resolvers.context import Context
-from jobql.schema.types import Job
 from jobql.store import JobStore
 from jobql.watcher import Mailbox, WatchLost
 
 
-async def job(info: Info[Context, None], id: strawberry.ID) -> AsyncGenerator[Job, None]:
+async def job(info: Info[Context, None], id: strawberry.ID) -> AsyncGenerator[JobSnapshot, None]:
     """The job now, then again at every change of state; completes once it is done."""
     context = info.context
     user_id = context.principal().user_id
@@ -26,7 +25,7 @@ async def job(info: Info[Context, None], id: strawberry.ID) -> AsyncGenerator[Jo
             if record.get("owner") != user_id:
                 raise NotFound("No such job.")
             async for current in _changes(context.store, job_id, record, meta, events):
-                yield Job.from_snapshot(current)
+                yield current
 
 
 async def _changes(

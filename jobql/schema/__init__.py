@@ -1,36 +1,45 @@
-"""The root schema: Query, Mutation and Subscription, and the rules every operation obeys."""
+"""The root schema: Query, Mutation (one field per kind of job) and Subscription, and the rules
+every operation obeys."""
 
 from __future__ import annotations
 
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import strawberry
 from graphql import GraphQLError
 from strawberry.extensions import MaskErrors, SchemaExtension
 
 from jobql.errors import ApiError
-from jobql.resolvers import mutation, query, subscription
+from jobql.resolvers import query, subscription
 from jobql.schema.documents import PreparedDocuments, limit_rules
+from jobql.schema.types import job_type
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-
-@strawberry.type
-class Query:
-    job = strawberry.field(resolver=query.job)
+    from jobql.registry import Kinds
 
 
-@strawberry.type
-class Mutation:
-    upload_avatar = strawberry.mutation(resolver=mutation.upload_avatar)
-    send_welcome_email = strawberry.mutation(resolver=mutation.send_welcome_email)
-
-
-@strawberry.type
-class Subscription:
-    job = strawberry.subscription(resolver=subscription.job)
+def root_types(kinds: Kinds) -> tuple[type, type, type]:
+    """Query, Mutation and Subscription. Each kind's mutation is named after its resolver
+    (a resolver `do_this` is the mutation `doThis`) and answers with the `Job`."""
+    job = job_type(kinds)
+    query_fields: dict[str, Any] = {
+        "job": strawberry.field(resolver=query.job, graphql_type=job | None)
+    }
+    mutation_fields: dict[str, Any] = {
+        kind.mutation.__name__: strawberry.mutation(resolver=kind.mutation, graphql_type=job)
+        for kind in kinds
+    }
+    subscription_fields: dict[str, Any] = {
+        "job": strawberry.subscription(resolver=subscription.job, graphql_type=job)
+    }
+    return (
+        strawberry.type(type("Query", (), query_fields)),
+        strawberry.type(type("Mutation", (), mutation_fields)),
+        strawberry.type(type("Subscription", (), subscription_fields)),
+    )
 
 
 def is_unexpected(error: GraphQLError) -> bool:
@@ -59,11 +68,12 @@ class MaskUnexpectedErrors(MaskErrors):
             result.errors = self._process_errors(errors)  # type: ignore[attr-defined]
 
 
-def build_schema(introspection: bool = True) -> strawberry.Schema:
+def build_schema(kinds: Kinds, introspection: bool = True) -> strawberry.Schema:
     extensions: list[type[SchemaExtension] | Callable[[], SchemaExtension]] = [
         MaskUnexpectedErrors,
         partial(PreparedDocuments, limit_rules(introspection)),
     ]
+    query, mutation, subscription = root_types(kinds)
     return strawberry.Schema(
-        query=Query, mutation=Mutation, subscription=Subscription, extensions=extensions
+        query=query, mutation=mutation, subscription=subscription, extensions=extensions
     )

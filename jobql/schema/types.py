@@ -1,41 +1,23 @@
-"""The GraphQL types of jobql's public API."""
+"""The GraphQL types of jobql's public API. `Job` is built for the kinds loaded: its `kind`
+is one of them (`JobKind`) and its `result` one of their result types (`JobResult`).
 
-from __future__ import annotations
+Every field of `Job` reads a `JobSnapshot`, which is what resolvers answer with.
+
+No `from __future__ import annotations`: Strawberry reads these annotations at run time.
+"""
 
 from datetime import datetime
-from typing import TYPE_CHECKING, Annotated, Any
+from enum import StrEnum
+from typing import TYPE_CHECKING, Annotated, Any, Optional, Union
 
 import strawberry
 
-from jobql.jobs import ImageFormat, JobKind, JobState
+from jobql.jobs import JobSnapshot, JobState
 
 if TYPE_CHECKING:
-    from jobql.jobs import JobSnapshot
-
-DEFAULT_SIZE = 256
-DEFAULT_QUALITY = 85
+    from jobql.registry import Kinds
 
 strawberry.enum(JobState, description="A job's state, named as Celery names it.")
-strawberry.enum(JobKind, description="What a job does.")
-strawberry.enum(ImageFormat, description="The format of an avatar file.")
-
-
-@strawberry.type(description="A finished avatar, served by this API at `url`.")
-class AvatarResult:
-    url: str
-    width: int
-    height: int
-    size_bytes: int
-    format: ImageFormat
-
-
-@strawberry.type(description="A welcome email the SMTP server accepted.")
-class EmailResult:
-    recipient: str
-    message_id: str
-
-
-JobResult = Annotated[AvatarResult | EmailResult, strawberry.union("JobResult")]
 
 
 @strawberry.type(description="Why a job failed or was cancelled.")
@@ -45,61 +27,74 @@ class JobError:
     retryable: bool = strawberry.field(description="Whether the same request may succeed later.")
 
 
-@strawberry.type(description="A piece of slow work and where it has got to.")
-class Job:
-    id: strawberry.ID
-    kind: JobKind
-    state: JobState
-    done: bool = strawberry.field(description="SUCCESS, FAILURE or REVOKED.")
-    progress: int | None = strawberry.field(description="0..100, when the task reports it.")
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
-    result: JobResult | None = strawberry.field(description="Set when SUCCESS.")
-    error: JobError | None = strawberry.field(description="Set when FAILURE or REVOKED.")
+def job_type(kinds: "Kinds") -> type:
+    """`Job`, whose `kind` and `result` cover exactly `kinds`."""
+    job_kind = strawberry.enum(kinds.enum, name="JobKind", description="What a job does.")
+    results = tuple(kind.result for kind in kinds)
+    job_result = Annotated[Union[results], strawberry.union("JobResult")]  # type: ignore[valid-type]  # noqa: UP007
 
-    @classmethod
-    def from_snapshot(cls, snapshot: JobSnapshot) -> Job:
-        return cls(
-            id=strawberry.ID(snapshot.id),
-            kind=snapshot.kind,
-            state=snapshot.state,
-            done=snapshot.done,
-            progress=snapshot.progress,
-            created_at=snapshot.created_at,
-            started_at=snapshot.started_at,
-            finished_at=snapshot.finished_at,
-            result=_result(snapshot.kind, snapshot.result),
-            error=JobError(
-                code=snapshot.error.code,
-                message=snapshot.error.message,
-                retryable=snapshot.error.retryable,
-            )
-            if snapshot.error
-            else None,
+    def _kind(root: JobSnapshot) -> StrEnum:
+        return kinds.enum(root.kind)
+
+    def _result(root: JobSnapshot) -> Any:
+        return None if root.result is None else kinds.load_result(root.kind, root.result)
+
+    # No annotations: a field with one would come before those without in the schema.
+    @strawberry.type(name="Job", description="A piece of slow work and where it has got to.")
+    class Job:
+        id = strawberry.field(resolver=_id, graphql_type=strawberry.ID)
+        kind = strawberry.field(resolver=_kind, graphql_type=job_kind)
+        state = strawberry.field(resolver=_state)
+        done = strawberry.field(resolver=_done, description="SUCCESS, FAILURE or REVOKED.")
+        progress = strawberry.field(
+            resolver=_progress, description="0..100, when the task reports it."
         )
+        created_at = strawberry.field(resolver=_created_at)
+        started_at = strawberry.field(resolver=_started_at)
+        finished_at = strawberry.field(resolver=_finished_at)
+        result = strawberry.field(
+            resolver=_result,
+            graphql_type=Optional[job_result],  # noqa: UP045
+            description="Set when SUCCESS.",
+        )
+        error = strawberry.field(resolver=_error, description="Set when FAILURE or REVOKED.")
+
+    return Job
 
 
-@strawberry.input(description="How to make the avatar.")
-class AvatarOptions:
-    size: int | None = strawberry.field(
-        default=DEFAULT_SIZE, description="Side of the square, 32..1024 pixels."
-    )
-    quality: int | None = strawberry.field(
-        default=DEFAULT_QUALITY, description="Encoder quality, 1..100."
-    )
-    format: ImageFormat | None = ImageFormat.JPEG
+# Each field of `Job` reads the snapshot it is given.
 
 
-def _result(kind: JobKind, result: dict[str, Any] | None) -> AvatarResult | EmailResult | None:
-    if result is None:
+def _id(root: JobSnapshot) -> str:
+    return root.id
+
+
+def _state(root: JobSnapshot) -> JobState:
+    return root.state
+
+
+def _done(root: JobSnapshot) -> bool:
+    return root.done
+
+
+def _progress(root: JobSnapshot) -> int | None:
+    return root.progress
+
+
+def _created_at(root: JobSnapshot) -> datetime:
+    return root.created_at
+
+
+def _started_at(root: JobSnapshot) -> datetime | None:
+    return root.started_at
+
+
+def _finished_at(root: JobSnapshot) -> datetime | None:
+    return root.finished_at
+
+
+def _error(root: JobSnapshot) -> JobError | None:
+    error = root.error
+    if error is None:
         return None
-    if kind is JobKind.AVATAR:
-        return AvatarResult(
-            url=result["url"],
-            width=result["width"],
-            height=result["height"],
-            size_bytes=result["size_bytes"],
-            format=ImageFormat(result["format"]),
-        )
-    return EmailResult(recipient=result["recipient"], message_id=result["message_id"])
+    return JobError(code=error.code, message=error.message, retryable=error.retryable)

@@ -4,8 +4,8 @@ Celery reads a task's stored state before each write, so that a late write from 
 lost worker cannot replace SUCCESS, then writes and PUBLISHes the new one: two round
 trips, with a gap between them. Here the check and the write are one script. The
 same scripts keep the job record: the start of a delivery is counted with its
-STARTED write (which also reads back the Message-ID of a welcome email an earlier
-delivery sent), and a finished job is counted in the stats with its final write (and
+STARTED write (which also reads back the checkpoint an earlier delivery saved), and a
+finished job is counted in the stats with its final write (and
 only once, however often it is delivered).
 """
 
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from redis.commands.core import Script
 
 FINISHED_STATES = frozenset({states.SUCCESS, states.FAILURE})
-SENT_MESSAGE_ID = "sent_message_id"  # in the job record, once a welcome email was accepted
+CHECKPOINT = "checkpoint"  # in the job record: what a delivery saved of an effect it had
 # Stands for the attempt number in a STARTED meta until the script knows it; random, so
 # that no task argument (the meta holds those too) can be taken for it.
 ATTEMPT_MARK = f"attempt-{secrets.token_hex(16)}"
@@ -77,8 +77,8 @@ return stored
 
 # KEYS: the job record, its queue's pending set, the meta. ARGV: the start time, this
 # try's deliveries field, the record's expiry, the job id, the meta before and after
-# its attempt number, the meta's expiry, the record's sent Message-ID field. Returns
-# the attempt number and the Message-ID an earlier delivery sent ('' if none).
+# its attempt number, the meta's expiry, the record's checkpoint field. Returns the
+# attempt number, the checkpoint an earlier delivery saved ('' if none) and the owner.
 START = (
     _STORE
     + """
@@ -89,14 +89,16 @@ redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('ZREM', KEYS[2], ARGV[4])
 redis.call('HDEL', KEYS[1], 'message', 'missing_since')
 store(KEYS[3], ARGV[5] .. attempt .. ARGV[6], ARGV[7])
-return {attempt, redis.call('HGET', KEYS[1], ARGV[8]) or ''}
+local checkpoint = redis.call('HGET', KEYS[1], ARGV[8]) or ''
+return {attempt, checkpoint, redis.call('HGET', KEYS[1], 'owner') or ''}
 """
 )
 
 
 class Delivery(NamedTuple):
     attempt: int  # this delivery's number among those of the job's current try
-    sent_message_id: str | None  # the welcome email an earlier delivery already sent
+    checkpoint: str | None  # what an earlier delivery saved with `mark_checkpoint`
+    owner: str = ""  # the job's owner, from its record
 
 
 def backend_url(redis_url: str) -> str:
@@ -138,15 +140,15 @@ class JobResultBackend(RedisBackend):
         assert mark, "the STARTED meta lost its attempt mark"
         keys = [record_key(task_id), pending, self.get_key_for_task(task_id)]
         argv = [started_at, deliveries_field, int(self.expires or 0), task_id, before, after]
-        argv += [int(self.expires or 0), SENT_MESSAGE_ID]
-        attempt, sent = self.ensure(self._start, (keys, argv))
-        return Delivery(int(attempt), sent.decode() or None)
+        argv += [int(self.expires or 0), CHECKPOINT]
+        attempt, checkpoint, owner = self.ensure(self._start, (keys, argv))
+        return Delivery(int(attempt), checkpoint.decode() or None, owner.decode())
 
-    def mark_as_sent(self, task_id: str, request: Any, message_id: str, **result: Any) -> None:
-        """Store PROGRESS with `result`, and note in the job record that its email was
-        accepted (so that no later delivery sends it again), in one round trip."""
+    def mark_checkpoint(self, task_id: str, request: Any, value: str, **result: Any) -> None:
+        """Store PROGRESS with `result`, and save `value` in the job record for any later
+        delivery of the job (an effect it must not repeat), in one round trip."""
         meta = self._meta(task_id, result, JobState.PROGRESS.value, None, request)
-        self._store(task_id, meta, self.expires, fields={SENT_MESSAGE_ID: message_id})
+        self._store(task_id, meta, self.expires, fields={CHECKPOINT: value})
 
     def _store_result(
         self,

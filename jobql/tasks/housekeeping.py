@@ -8,23 +8,27 @@ from typing import TYPE_CHECKING, Any
 
 from celery import bootsteps
 
+from jobql.files import ResultFiles
 from jobql.stats import HEARTBEAT_SECONDS, WORKERS_KEY
 from jobql.tasks.recovery import recover_lost_jobs
-from jobql.tasks.sweep import job_is_over, sweep
+from jobql.tasks.sweep import job_exists, job_is_over, sweep, sweep_job_dirs
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from redis import Redis
 
+    from jobql.registry import Kinds
     from jobql.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 
 def housekeeping_step(
-    settings: Settings, client: Callable[[], Redis]
+    settings: Settings, kinds: Kinds, client: Callable[[], Redis]
 ) -> type[bootsteps.StartStopStep]:
+    files = ResultFiles(settings.media_root)
+
     class Housekeeping(bootsteps.StartStopStep):
         requires = ("celery.worker.components:Timer",)
 
@@ -65,9 +69,14 @@ def housekeeping_step(
             try:
                 removed = sweep(
                     settings.incoming_dir,
-                    settings.avatars_dir,
+                    list(files.file_dirs(kinds.file_areas)),
                     settings.sweep_min_age,
                     lambda job_id: job_is_over(client(), job_id),
+                )
+                removed += sweep_job_dirs(
+                    files.job_dirs(kinds.file_areas),
+                    settings.sweep_min_age,
+                    lambda job_id: job_exists(client(), job_id),
                 )
             except Exception:  # tried again at the next tick
                 logger.exception("Sweeping leftover files failed")

@@ -1,4 +1,8 @@
-"""Welcome emails, sent with Flask-Mail from a small Flask app that holds the `MAIL_*` settings."""
+"""Email, sent with Flask-Mail from a small Flask app that holds the `MAIL_*` settings.
+
+What an email says is its kind's business: a kind renders templates with `Mailer.render`
+and sends an `Email`.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +12,16 @@ import smtplib
 import socket
 import threading
 import time
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from flask import Flask, render_template
+from flask import Flask
 from flask_mail import Connection, Mail, Message
+from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
+    from pathlib import Path
 
     from jobql.settings import Settings
 
@@ -33,6 +40,15 @@ class MailRejected(Exception):
     """The server answered 5xx: sending again will not help."""
 
 
+@dataclass(frozen=True, slots=True)
+class Email:
+    subject: str
+    recipient: str
+    text: str
+    html: str
+    message_id: str  # the same for every send of one job, so that a repeat can be recognised
+
+
 def create_mail_app(settings: Settings) -> Flask:
     app = Flask("jobql.tasks")
     app.config.update(
@@ -42,7 +58,6 @@ def create_mail_app(settings: Settings) -> Flask:
         MAIL_USERNAME=settings.mail_username,
         MAIL_PASSWORD=settings.mail_password.get_secret_value() if settings.mail_password else None,
         MAIL_DEFAULT_SENDER=settings.mail_default_sender,
-        SITE_NAME=settings.site_name,
         MAIL_TIMEOUT=settings.mail_timeout,
     )
     Mail(app)
@@ -55,7 +70,7 @@ def message_id(job_id: str) -> str:
 
 
 class Mailer:
-    """Sends welcome emails over one SMTP connection, kept open from one email to the next.
+    """Sends emails over one SMTP connection, kept open from one email to the next.
 
     Opening a connection (TCP, the greeting, EHLO, and STARTTLS and AUTH where configured)
     and closing it cost more than a send. A connection is used again only if it has been
@@ -76,22 +91,32 @@ class Mailer:
         self.keepalive = keepalive
         self.messages_per_connection = messages_per_connection
         self._session = _Session()
+        # HTML templates escape what they are given, text ones do not (as Flask's own).
+        self._templates = Environment(
+            loader=FileSystemLoader("/"), autoescape=select_autoescape(["html", "htm", "xml"])
+        )
 
-    def send_welcome(
-        self,
-        job_id: str,
-        recipient: str,
-        username: str,
-        on_accepted: Callable[[str], None] = lambda message_id: None,
+    def render(self, template: Path, **values: Any) -> str:
+        """`template` (a file), rendered with `values`."""
+        return self._templates.get_template(str(template.resolve())).render(**values)
+
+    def send(
+        self, email: Email, on_accepted: Callable[[str], None] = lambda message_id: None
     ) -> str:
-        """Send the welcome email; return its Message-ID.
+        """Send `email`; return its Message-ID.
 
         `on_accepted` is called as soon as the server has accepted the message, before
         anything else is said to it: the sooner a send is recorded, the smaller the window
         in which a dying worker leaves it unrecorded.
         """
-        with self.app.app_context():
-            message = self._welcome_message(job_id, recipient, username)
+        with self.app.app_context():  # the default sender is read from the app
+            message = Message(
+                subject=email.subject,
+                recipients=[email.recipient],
+                body=email.text,
+                html=email.html,
+            )
+            message.msgId = email.message_id
             try:
                 self._send(message)
             except smtplib.SMTPRecipientsRefused as exc:
@@ -125,17 +150,6 @@ class Mailer:
             with contextlib.suppress(smtplib.SMTPException, OSError):
                 host.quit()
         host.close()
-
-    def _welcome_message(self, job_id: str, recipient: str, username: str) -> Message:
-        site_name = self.app.config["SITE_NAME"]
-        message = Message(
-            subject=f"Welcome to {site_name}",
-            recipients=[recipient],
-            body=render_template("welcome.txt", username=username, site_name=site_name),
-            html=render_template("welcome.html", username=username, site_name=site_name),
-        )
-        message.msgId = message_id(job_id)
-        return message
 
     def _send(self, message: Message) -> None:
         session = self._session

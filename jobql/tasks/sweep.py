@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 from typing import TYPE_CHECKING
 
@@ -16,12 +17,12 @@ if TYPE_CHECKING:
 
 def sweep(
     incoming_dir: Path,
-    avatars_dir: Path,
+    result_dirs: Iterable[Path],
     min_age: float,
     job_is_over: Callable[[str], bool],
     now: float | None = None,
 ) -> list[Path]:
-    """Remove uploads whose job is over or unknown, and half-written avatars.
+    """Remove uploads whose job is over or unknown, and half-written result files.
 
     Only files older than `min_age` seconds are touched, so that an upload whose
     job is being queued right now is never taken for an orphan.
@@ -29,10 +30,25 @@ def sweep(
     cutoff = (time.time() if now is None else now) - min_age
     doomed = [
         *(p for p in _older(incoming_dir.glob("*.upload"), cutoff) if job_is_over(p.stem)),
-        *_older(avatars_dir.glob(".*.tmp"), cutoff),
+        *(p for folder in result_dirs for p in _older(folder.glob(".*.tmp"), cutoff)),
     ]
     for path in doomed:
         path.unlink(missing_ok=True)
+    return doomed
+
+
+def sweep_job_dirs(
+    job_dirs: Iterable[Path],
+    min_age: float,
+    job_exists: Callable[[str], bool],
+    now: float | None = None,
+) -> list[Path]:
+    """Remove the private files of jobs that have expired (their folder is named by the job
+    id): they can no longer be fetched by anyone."""
+    cutoff = (time.time() if now is None else now) - min_age
+    doomed = [folder for folder in _older(job_dirs, cutoff) if not job_exists(folder.name)]
+    for folder in doomed:
+        shutil.rmtree(folder, ignore_errors=True)
     return doomed
 
 
@@ -49,6 +65,10 @@ def job_is_over(client: Redis, job_id: str) -> bool:
         return meta is not None and JobState(meta["status"]) in TERMINAL_STATES
     except (ValueError, KeyError):
         return False  # a state jobql cannot read: keep the file rather than guess
+
+
+def job_exists(client: Redis, job_id: str) -> bool:
+    return bool(client.exists(record_key(job_id)))
 
 
 def _older(paths: Iterable[Path], cutoff: float) -> list[Path]:

@@ -1,41 +1,56 @@
-"""The Celery app and its tasks: thin adapters around `avatar` and `mail`."""
+"""The Celery app, and the one task adapter every kind's body runs in.
+
+A kind's body is a plain function of a `TaskContext` and its payload. Here it becomes a
+Celery task: `run_job` (at module level) registered once per kind, under the kind's
+task name and with the payload's fields as its keyword-only parameters, so that Celery
+knows the signature. What the bodies depend on (settings, the mailer, the result
+files) is built once at worker start and handed to each call, as arq hands `ctx`.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import logging
 import os
 import time
-from pathlib import Path
+import types
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
-from celery import Celery, Task, signals
+from celery import Celery, Task, bootsteps, signals
 
-from jobql.jobs import (
-    DEFAULT_QUEUE,
-    ImageFormat,
-    JobFailed,
-    JobKind,
-    JobState,
-    pending_key,
-    utcnow,
-)
+from jobql.files import ResultFiles
+from jobql.jobs import DEFAULT_QUEUE, JobFailed, JobState, pending_key, utcnow
+from jobql.kinds import Kind, RetryLater, TaskContext
 from jobql.logs import configure_logging, current_job_id
-from jobql.tasks.avatar import InvalidImage, existing_avatar, make_avatar, remove_leftovers
+from jobql.registry import agree
 from jobql.tasks.backend import backend_url
 from jobql.tasks.housekeeping import housekeeping_step
-from jobql.tasks.mail import Mailer, MailRejected, MailTemporarilyFailed, create_mail_app
+from jobql.tasks.mail import Mailer, create_mail_app
 
 if TYPE_CHECKING:
+    from jobql.registry import Kinds
     from jobql.settings import Settings
     from jobql.tasks.backend import JobResultBackend
 
-AVATARS_URL = "/media/avatars"
+
+@dataclass(frozen=True, slots=True)
+class Dependencies:
+    """What task bodies use, built once per worker."""
+
+    settings: Settings
+    mailer: Mailer
+    files: ResultFiles
 
 
 class JobTask(Task):  # type: ignore[type-arg]
     """A task that keeps its job record up to date, reports progress and refuses poison."""
 
-    max_attempts = 3
+    # Set per kind when the task is registered.
+    kind: Kind[Any, Any]
+    deps: Dependencies
+    max_attempts: int
 
     def before_start(self, task_id: str, args: Any, kwargs: Any) -> None:
         """Stamp the start time, count this delivery of this try, and say STARTED."""
@@ -49,7 +64,8 @@ class JobTask(Task):  # type: ignore[type-arg]
             pid=os.getpid(),
         )
         self.request.attempt = delivery.attempt  # type: ignore[attr-defined]
-        self.request.sent_message_id = delivery.sent_message_id  # type: ignore[attr-defined]
+        self.request.checkpoint = delivery.checkpoint  # type: ignore[attr-defined]
+        self.request.owner = delivery.owner  # type: ignore[attr-defined]
         # Read by the backend when it stores the final state, to count the run time.
         self.request.started = time.monotonic()  # type: ignore[attr-defined]
 
@@ -58,33 +74,89 @@ class JobTask(Task):  # type: ignore[type-arg]
         delivery_info = self.request.delivery_info or {}
         return str(delivery_info.get("routing_key") or DEFAULT_QUEUE)
 
+    @property
+    def attempt(self) -> int:
+        return int(getattr(self.request, "attempt", 1))
+
     def report_progress(self, percent: int) -> None:
         self.update_state(
-            state=JobState.PROGRESS.value,
-            meta={"progress": percent, "attempt": getattr(self.request, "attempt", 0)},
+            state=JobState.PROGRESS.value, meta={"progress": percent, "attempt": self.attempt}
         )
 
-    def record_sent(self, message_id: str) -> None:
-        """Note in the job record that its email was accepted, so that no delivery sends
-        it again, and tell the client (PROGRESS 90: only the final write is left)."""
+    def save_checkpoint(self, value: str, progress: int) -> None:
+        """Save `value` in the job record for any later delivery, and report `progress`."""
         backend = cast("JobResultBackend", self.backend)
-        attempt = getattr(self.request, "attempt", 0)
-        backend.mark_as_sent(
-            str(self.request.id), self.request, message_id, progress=90, attempt=attempt
+        backend.mark_checkpoint(
+            str(self.request.id), self.request, value, progress=progress, attempt=self.attempt
         )
 
     def refuse_poison(self) -> None:
         """End a job that keeps killing its worker, instead of handing it on forever."""
-        attempt = getattr(self.request, "attempt", 1)
-        if attempt > self.max_attempts:
+        if self.attempt > self.max_attempts:
             raise JobFailed(
                 "WORKER_LOST",
-                f"The worker died {attempt - 1} times running this job; it is not tried again.",
+                f"The worker died {self.attempt - 1} times running this job; "
+                "it is not tried again.",
                 retryable=False,
             )
 
+    def context(self) -> TaskContext:
+        job_id = str(self.request.id)
+        area = self.kind.files
+        return TaskContext(
+            job_id=job_id,
+            owner=str(getattr(self.request, "owner", "")),
+            attempt=self.attempt,
+            settings=self.deps.settings,
+            mailer=self.deps.mailer,
+            redis=self.backend.client,  # type: ignore[attr-defined]
+            files=self.deps.files.for_job(area, job_id) if area else None,
+            checkpoint=getattr(self.request, "checkpoint", None),
+            report_progress=self.report_progress,
+            save_checkpoint=self.save_checkpoint,
+        )
 
-def create_worker_app(settings: Settings) -> Celery:
+    def retry_later(self, later: RetryLater) -> BaseException:
+        """Try again after the kind's backoff, or end the job once its retries are used up."""
+        settings = self.deps.settings
+        retries = self.request.retries
+        policy = self.kind.retry
+        if policy is None or retries >= policy.max_retries(settings):
+            return JobFailed(
+                later.code, f"Gave up after {retries + 1} tries: {later.message}.", True
+            )
+        return self.retry(countdown=policy.backoff(settings) * 2**retries, throw=False)
+
+
+def run_job(self: JobTask, **kwargs: Any) -> dict[str, Any]:
+    """Every kind's task: the payload from its keyword arguments, the body, the result."""
+    self.refuse_poison()
+    payload = self.kind.load_payload(kwargs)
+    try:
+        result = self.kind.run(self.context(), payload)
+    except RetryLater as later:
+        raise self.retry_later(later) from later
+    return self.kind.dump_result(result)
+
+
+def task_function(kind: Kind[Any, Any]) -> types.FunctionType:
+    """`run_job` with the signature of `kind`'s payload: Celery checks calls against it."""
+    function = types.FunctionType(
+        run_job.__code__, run_job.__globals__, kind.name, run_job.__defaults__
+    )
+    function.__doc__ = run_job.__doc__
+    function.__module__ = __name__
+    function.__qualname__ = kind.name
+    parameters = [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    parameters += [
+        inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY)
+        for field in dataclasses.fields(kind.payload)
+    ]
+    function.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+    return function
+
+
+def create_worker_app(settings: Settings, kinds: Kinds) -> Celery:
     app = Celery("jobql", broker=settings.redis_url, backend=backend_url(settings.redis_url))
     _log_with_job_ids(settings)
     visibility = settings.visibility_timeout
@@ -116,81 +188,36 @@ def create_worker_app(settings: Settings) -> Celery:
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
     )
-    app.steps["worker"].add(housekeeping_step(settings, lambda: app.backend.client))  # type: ignore[attr-defined]
-    mailer = Mailer(create_mail_app(settings), keepalive=settings.mail_keepalive)
-    _close_on_exit(mailer)
-
-    @app.task(
-        bind=True,
-        base=JobTask,
-        name=JobKind.AVATAR.task_name,
-        max_attempts=settings.max_attempts,
+    client = lambda: app.backend.client  # type: ignore[attr-defined]  # noqa: E731
+    files = ResultFiles(settings.media_root)
+    app.steps["worker"].add(kinds_check_step(kinds, client))
+    app.steps["worker"].add(housekeeping_step(settings, kinds, client))
+    deps = Dependencies(
+        settings, Mailer(create_mail_app(settings), keepalive=settings.mail_keepalive), files
     )
-    def avatar(
-        self: JobTask, incoming_name: str, size: int, quality: int, image_format: str
-    ) -> dict[str, Any]:
-        incoming = settings.incoming_dir / Path(incoming_name).name
-        fmt = ImageFormat(image_format)
-        name = f"{self.request.id}.{fmt.extension}"
-        destination = settings.avatars_dir / name
-        try:
-            self.refuse_poison()
-            made = existing_avatar(destination, fmt) if not incoming.exists() else None
-            if made is None:
-                made = make_avatar(
-                    incoming,
-                    destination,
-                    size=size,
-                    quality=quality,
-                    image_format=fmt,
-                    max_pixels=settings.max_image_pixels,
-                    progress=self.report_progress,
-                )
-            if getattr(self.request, "attempt", 1) > 1:
-                remove_leftovers(destination)
-        except FileNotFoundError:
-            raise JobFailed(
-                "UPLOAD_LOST", "The uploaded file is gone; upload it again.", retryable=True
-            ) from None
-        except InvalidImage as exc:
-            raise JobFailed("INVALID_IMAGE", str(exc), retryable=False) from None
-        finally:
-            incoming.unlink(missing_ok=True)
-        return {
-            "url": f"{AVATARS_URL}/{name}",
-            "width": made.width,
-            "height": made.height,
-            "size_bytes": made.size_bytes,
-            "format": made.format.value,
-        }
-
-    @app.task(
-        bind=True,
-        base=JobTask,
-        name=JobKind.WELCOME_EMAIL.task_name,
-        max_retries=settings.mail_max_retries,
-        max_attempts=settings.max_attempts,
-    )
-    def welcome_email(self: JobTask, recipient: str, username: str) -> dict[str, Any]:
-        self.refuse_poison()
-        sent = getattr(self.request, "sent_message_id", None)
-        if sent is not None:  # an earlier delivery sent it, then died before it could say so
-            return {"recipient": recipient, "message_id": sent}
-        job_id = str(self.request.id)
-        try:
-            message_id = mailer.send_welcome(job_id, recipient, username, self.record_sent)
-        except MailRejected as exc:
-            raise JobFailed("SMTP_REJECTED", f"The mail server refused: {exc}.") from None
-        except MailTemporarilyFailed as exc:
-            retries = self.request.retries
-            if retries >= settings.mail_max_retries:
-                raise JobFailed(
-                    "SMTP_UNAVAILABLE", f"Gave up after {retries + 1} tries: {exc}.", True
-                ) from None
-            raise self.retry(countdown=settings.mail_retry_backoff * 2**retries) from exc
-        return {"recipient": recipient, "message_id": message_id}
-
+    _close_on_exit(deps.mailer)
+    for kind in kinds:
+        app.task(
+            bind=True,
+            base=JobTask,
+            name=kind.task_name,
+            kind=kind,
+            deps=deps,
+            max_attempts=settings.max_attempts,
+            max_retries=kind.retry.max_retries(settings) if kind.retry else 0,
+        )(task_function(kind))
     return app
+
+
+def kinds_check_step(kinds: Kinds, client: Any) -> type[bootsteps.StartStopStep]:
+    """A step that stops the worker from starting when the web process accepts a kind of
+    job this worker does not have."""
+
+    class KindsCheck(bootsteps.StartStopStep):
+        def start(self, worker: Any) -> None:
+            agree(client(), "worker", kinds)
+
+    return KindsCheck
 
 
 def _close_on_exit(mailer: Mailer) -> None:

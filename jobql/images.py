@@ -1,22 +1,40 @@
-"""Avatars: a photo in, a small square image with no metadata out."""
+"""Square images: a photo in, a small square image with no metadata out (Pillow)."""
 
 from __future__ import annotations
 
 import os
 import warnings
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from enum import StrEnum
+from typing import TYPE_CHECKING, assert_never
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from jobql.image_formats import READABLE_FORMATS
-from jobql.jobs import ImageFormat
 
 if TYPE_CHECKING:
     from collections.abc import Callable
     from pathlib import Path
 
 FLATTEN_ONTO = (255, 255, 255)
+
+
+class ImageFormat(StrEnum):
+    JPEG = "JPEG"
+    WEBP = "WEBP"
+    PNG = "PNG"
+
+    @property
+    def extension(self) -> str:
+        match self:
+            case ImageFormat.JPEG:
+                return "jpg"
+            case ImageFormat.WEBP:
+                return "webp"
+            case ImageFormat.PNG:
+                return "png"
+            case _:
+                assert_never(self)
 
 
 class InvalidImage(ValueError):
@@ -77,7 +95,7 @@ def remove_leftovers(destination: Path) -> None:
 
 
 def existing_avatar(path: Path, image_format: ImageFormat) -> Avatar | None:
-    """The avatar an earlier delivery of the same job finished, if there is one."""
+    """The image an earlier delivery of the same job finished, if there is one."""
     try:
         with Image.open(path) as image:
             width, height = image.size
@@ -172,8 +190,12 @@ def _has_alpha(image: Image.Image) -> bool:
 
 
 def _encoder_options(image_format: ImageFormat, quality: int) -> dict[str, object]:
-    if image_format is ImageFormat.JPEG:
-        return {"quality": quality, "optimize": True}
-    if image_format is ImageFormat.WEBP:
-        return {"quality": quality, "method": 4}
-    return {"optimize": True}
+    match image_format:
+        case ImageFormat.JPEG:
+            return {"quality": quality, "optimize": True}
+        case ImageFormat.WEBP:
+            return {"quality": quality, "method": 4}
+        case ImageFormat.PNG:
+            return {"optimize": True}
+        case _:
+            assert_never(image_format)

@@ -1,0 +1,62 @@
+"""Serves a private result file to the owner of its job, and 404 to anyone else.
+
+`GET /files/<folder>/<job id>/<name>` with the same `Authorization: Bearer <token>` the API
+takes. No token, a bad one, someone else's job, an expired job and a missing file all
+answer the same 404: the answer must not tell a stranger which files exist.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from redis.exceptions import RedisError
+from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+
+from jobql.auth import InvalidToken
+from jobql.files import BadFileName
+from jobql.jobs import is_job_id
+
+if TYPE_CHECKING:
+    from starlette.requests import Request
+
+    from jobql.auth import TokenVerifier
+    from jobql.files import FileArea, ResultFiles
+    from jobql.store import JobStore
+
+
+class PrivateFiles:
+    def __init__(
+        self,
+        files: ResultFiles,
+        areas: list[FileArea],
+        tokens: TokenVerifier,
+        store: JobStore,
+    ) -> None:
+        self.files = files
+        self.areas = {area.folder: area for area in areas if area.private}
+        self.tokens = tokens
+        self.store = store
+
+    async def download(self, request: Request) -> Response:
+        folder = request.path_params["folder"]
+        job_id = request.path_params["job_id"]
+        name = request.path_params["name"]
+        area = self.areas.get(folder)
+        if area is None or not is_job_id(job_id):
+            return _not_found()
+        try:
+            user_id = self.tokens.principal(request.headers.get("authorization")).user_id
+            path = self.files.private_file(area, job_id, name)
+        except (InvalidToken, BadFileName):
+            return _not_found()
+        try:
+            job = await self.store.get(job_id, owner=user_id)
+        except (RedisError, TimeoutError):
+            return JSONResponse({"error": "The job store is unreachable."}, status_code=503)
+        if job is None or not path.is_file():
+            return _not_found()
+        return FileResponse(path, filename=name, headers={"Cache-Control": "private, no-store"})
+
+
+def _not_found() -> Response:
+    return PlainTextResponse("Not Found", status_code=404)

@@ -1,0 +1,252 @@
+"""How to write a kind of job: everything a kind's module uses, and nothing else.
+
+A kind is one module with one module-level `kind = Kind(...)`: its name, its payload (a
+frozen dataclass that crosses to the worker as the task's keyword arguments), its result
+(a Strawberry type, one member of the `JobResult` union), its task body (a plain function
+of a `TaskContext` and the payload, testable without Celery), its mutation (a resolver
+that checks the caller's input and calls `enqueue`), and what its failures mean: raise
+`JobFailed` to end the job with a code, `RetryLater` to try again as `retry` says. The
+built-in kinds (the other modules of this package) are written with this module only, as
+a kind of your own would be.
+
+Both processes import every kind's module: keep what only the task body needs (a
+library that only the worker has) inside the body.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass
+from enum import Enum
+from typing import TYPE_CHECKING, Any, Generic, TypeAlias, TypeVar, cast
+
+from strawberry.types import Info
+
+from jobql.errors import BadUserInput, Forbidden
+from jobql.files import FileArea, JobFiles
+from jobql.jobs import Dedupe, JobFailed, JobSnapshot, task_name
+
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Awaitable, Callable
+    from datetime import timedelta
+    from pathlib import Path
+
+    from redis import Redis
+
+    from jobql.client import JobData, JobqlClient
+    from jobql.resolvers.context import Context
+    from jobql.settings import Settings
+    from jobql.tasks.mail import Mailer
+
+__all__ = [
+    "BadUserInput",
+    "Command",
+    "Dedupe",
+    "DuplicateJob",
+    "FileArea",
+    "Forbidden",
+    "JobFailed",
+    "JobFiles",
+    "JobSnapshot",
+    "Kind",
+    "MutationInfo",
+    "RetryLater",
+    "RetryPolicy",
+    "TaskContext",
+    "caller",
+    "check_rate",
+    "checked_delay",
+    "enqueue",
+    "existing_job",
+    "incoming_upload",
+]
+
+P = TypeVar("P")
+R = TypeVar("R")
+
+# What a kind's mutation is given: Strawberry's Info. Its context is jobql's, reached
+# through the functions below rather than directly.
+MutationInfo: TypeAlias = Info[Any, None]
+
+
+class DuplicateJob(Exception):
+    """`enqueue` with a `Dedupe` whose key an earlier job of another user holds."""
+
+
+class RetryLater(Exception):
+    """Raised by a task body for a failure that may pass (a server that is down, say).
+
+    The job is tried again after a pause, as the kind's `RetryPolicy` says; once the
+    retries are used up it ends in FAILURE with `code`, marked retryable.
+    """
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(code, message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How often and how soon a `RetryLater` is tried again, read from the settings."""
+
+    max_retries: Callable[[Settings], int]
+    backoff: Callable[[Settings], float]  # seconds before the first retry; doubles each time
+
+
+@dataclass(frozen=True, slots=True)
+class TaskContext:
+    """What a task body is given besides its payload (the worker builds it, as arq's ctx).
+
+    `checkpoint` is what an earlier delivery of the same job saved with `save_checkpoint`
+    before it died: a body with an effect it must not repeat (an email sent) saves one
+    as soon as the effect is done, and on redelivery finds it here.
+    """
+
+    job_id: str
+    owner: str
+    attempt: int  # this delivery's number within the current try
+    settings: Settings
+    mailer: Mailer
+    redis: Redis
+    files: JobFiles | None  # the kind's files for this job, when it declares an area
+    checkpoint: str | None
+    report_progress: Callable[[int], None]
+    save_checkpoint: Callable[[str, int], None]  # the value, and the progress to report
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """A `jobql` subcommand that queues a job of the kind on a running server."""
+
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    # Queues the job (checking local arguments first); answers with the job the server sent.
+    queue: Callable[[JobqlClient, argparse.Namespace], Awaitable[JobData]]
+    check: Callable[[argparse.Namespace], str | None] = lambda args: None  # a usage error
+
+
+@dataclass(frozen=True, slots=True)
+class Kind(Generic[P, R]):
+    """One kind of job, declared once."""
+
+    name: str  # the job record's `kind`; `JobKind` in the schema is its upper case
+    payload: type[P]
+    result: type[R]
+    run: Callable[[TaskContext, P], R]
+    mutation: Callable[..., Awaitable[JobSnapshot]]
+    retry: RetryPolicy | None = None
+    files: FileArea | None = None
+    command: Command | None = None
+    # The lines the terminal client prints for a result (given as the API answers it, and
+    # a function that makes a path absolute); by default `field: value` lines.
+    describe: Callable[[dict[str, Any], Callable[[str], str]], list[str]] | None = None
+
+    @property
+    def task_name(self) -> str:
+        return task_name(self.name)
+
+    @property
+    def graphql_name(self) -> str:
+        return self.name.upper()
+
+    def dump_payload(self, payload: P) -> dict[str, Any]:
+        return _fields_of(payload)
+
+    def load_payload(self, kwargs: dict[str, Any]) -> P:
+        return _from_fields(self.payload, kwargs)
+
+    def dump_result(self, result: R) -> dict[str, Any]:
+        return _fields_of(result)
+
+    def load_result(self, data: dict[str, Any]) -> R:
+        return _from_fields(self.result, data)
+
+
+def _fields_of(value: object) -> dict[str, Any]:
+    return {
+        field.name: _plain(getattr(value, field.name))
+        for field in dataclasses.fields(cast("Any", value))
+    }
+
+
+def _plain(value: object) -> object:
+    return value.value if isinstance(value, Enum) else value
+
+
+def _from_fields(cls: type[P], data: dict[str, Any]) -> P:
+    """`cls(**data)`, with each enum field's value made a member of its enum."""
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for name, value in data.items():
+        hint = hints.get(name)
+        is_enum = isinstance(hint, type) and issubclass(hint, Enum)
+        values[name] = hint(value) if is_enum and value is not None else value  # type: ignore[misc]
+    return cls(**values)
+
+
+# --- what a kind's mutation uses (in the web process) -----------------------------------------
+
+
+def caller(info: MutationInfo, scope: str | None = None) -> str:
+    """The caller's user id; `FORBIDDEN` unless their token has `scope` (when one is named)."""
+    principal = _context(info).principal()
+    if scope is not None and not principal.has_scope(scope):
+        raise Forbidden(f"This needs the '{scope}' scope.")
+    return principal.user_id
+
+
+async def check_rate(info: MutationInfo) -> None:
+    """`RATE_LIMITED` if the caller has queued too many jobs lately; `enqueue` checks too,
+    so call this only to refuse before expensive checks of the input."""
+    await _context(info).check_rate()
+
+
+def incoming_upload(info: MutationInfo, file: object, field: str = "file") -> tuple[str, Path]:
+    """The id and the path on disk of a file sent as a multipart upload (`BAD_USER_INPUT`
+    if it was not, or was used for a job already). Queue with `job_id` the id."""
+    return _context(info).incoming_upload(file, field)
+
+
+def checked_delay(
+    info: MutationInfo, seconds: int, field: str = "delaySeconds"
+) -> timedelta | None:
+    """A delay the caller asked for, within what the worker's settings allow."""
+    return _context(info).checked_delay(seconds, field)
+
+
+async def enqueue(
+    info: MutationInfo,
+    kind: Kind[P, Any],
+    payload: P,
+    *,
+    job_id: str | None = None,
+    delay: timedelta | None = None,
+    dedupe: Dedupe | None = None,
+) -> JobSnapshot:
+    """Queue a job of `kind` for the caller; its payload goes to the task by keyword.
+
+    With `dedupe`, answers with the earlier job that holds the key if it is the caller's,
+    and raises `DuplicateJob` if it is someone else's. A Redis failure is
+    `SERVICE_UNAVAILABLE`.
+    """
+    if not isinstance(payload, kind.payload):
+        raise TypeError(f"A {kind.name} job's payload is a {kind.payload.__name__}")
+    queued = await _context(info).enqueue(
+        kind.name, kind.dump_payload(payload), job_id=job_id, delay=delay, dedupe=dedupe
+    )
+    if queued is None:
+        raise DuplicateJob(dedupe.key if dedupe else "")
+    return queued
+
+
+async def existing_job(info: MutationInfo, job_id: str) -> JobSnapshot | None:
+    """The caller's job `job_id`, or None."""
+    return await _context(info).existing_job(job_id)
+
+
+def _context(info: MutationInfo) -> Context:
+    return cast("Context", info.context)

@@ -1,0 +1,207 @@
+"""The `avatar` kind: an uploaded photo becomes a small square image, served publicly.
+
+No `from __future__ import annotations`: Strawberry reads these annotations at run time.
+"""
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import strawberry
+from strawberry.file_uploads import Upload
+
+from jobql.images import (
+    ImageFormat,
+    InvalidImage,
+    existing_avatar,
+    make_avatar,
+    remove_leftovers,
+)
+from jobql.kinds import (
+    BadUserInput,
+    Command,
+    FileArea,
+    JobFailed,
+    JobSnapshot,
+    Kind,
+    MutationInfo,
+    TaskContext,
+    check_rate,
+    enqueue,
+    incoming_upload,
+)
+from jobql.uploads import UploadRejected, sniff_image
+
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Callable
+
+    from jobql.client import JobData, JobqlClient
+
+SIZES = range(32, 1025)
+QUALITIES = range(1, 101)
+DEFAULT_SIZE = 256
+DEFAULT_QUALITY = 85
+SIZES_TEXT = f"{SIZES.start}..{SIZES.stop - 1}"
+QUALITIES_TEXT = f"{QUALITIES.start}..{QUALITIES.stop - 1}"
+logger = logging.getLogger(__name__)
+
+strawberry.enum(ImageFormat, description="The format of an avatar file.")
+
+
+@dataclass(frozen=True, slots=True)
+class AvatarPayload:
+    incoming_name: str  # the upload's file name in the incoming folder
+    size: int
+    quality: int
+    image_format: ImageFormat
+
+
+@strawberry.type(description="A finished avatar, served by this API at `url`.")
+class AvatarResult:
+    url: str
+    width: int
+    height: int
+    size_bytes: int
+    format: ImageFormat
+
+
+@strawberry.input(description="How to make the avatar.")
+class AvatarOptions:
+    size: int | None = strawberry.field(
+        default=DEFAULT_SIZE, description=f"Side of the square, {SIZES_TEXT} pixels."
+    )
+    quality: int | None = strawberry.field(
+        default=DEFAULT_QUALITY, description=f"Encoder quality, {QUALITIES_TEXT}."
+    )
+    format: ImageFormat | None = ImageFormat.JPEG
+
+
+def checked_avatar_options(size: int, quality: int) -> None:
+    if size not in SIZES:
+        raise BadUserInput(f"options.size must be {SIZES_TEXT}.", field="size")
+    if quality not in QUALITIES:
+        raise BadUserInput(f"options.quality must be {QUALITIES_TEXT}.", field="quality")
+
+
+async def upload_avatar(
+    info: MutationInfo, file: Upload, options: AvatarOptions | None = None
+) -> JobSnapshot:
+    """Queue a photo to become a square avatar; answers at once with the job."""
+    options = options or AvatarOptions()
+    size = DEFAULT_SIZE if options.size is None else options.size
+    quality = DEFAULT_QUALITY if options.quality is None else options.quality
+    checked_avatar_options(size, quality)
+    upload_id, path = incoming_upload(info, file)
+    await check_rate(info)  # before the upload is read
+    try:
+        await asyncio.to_thread(sniff_image, path, info.context.settings.max_image_pixels)
+    except UploadRejected as exc:
+        raise BadUserInput(str(exc), field="file") from exc
+    payload = AvatarPayload(path.name, size, quality, options.format or ImageFormat.JPEG)
+    job = await enqueue(info, kind, payload, job_id=upload_id)
+    logger.debug("Accepted an avatar job", extra={"job_id": job.id})
+    return job
+
+
+def make(ctx: TaskContext, payload: AvatarPayload) -> AvatarResult:
+    """Make the avatar; a redelivery whose upload is gone finds what an earlier one made."""
+    assert ctx.files is not None, "the kind declares a file area"
+    incoming = ctx.settings.incoming_dir / payload.incoming_name
+    name = f"{ctx.job_id}.{payload.image_format.extension}"
+    destination = ctx.files.path(name)
+    try:
+        made = existing_avatar(destination, payload.image_format) if not incoming.exists() else None
+        if made is None:
+            made = make_avatar(
+                incoming,
+                destination,
+                size=payload.size,
+                quality=payload.quality,
+                image_format=payload.image_format,
+                max_pixels=ctx.settings.max_image_pixels,
+                progress=ctx.report_progress,
+            )
+        if ctx.attempt > 1:
+            remove_leftovers(destination)
+    except FileNotFoundError:
+        raise JobFailed(
+            "UPLOAD_LOST", "The uploaded file is gone; upload it again.", retryable=True
+        ) from None
+    except InvalidImage as exc:
+        raise JobFailed("INVALID_IMAGE", str(exc), retryable=False) from None
+    finally:
+        incoming.unlink(missing_ok=True)
+    return AvatarResult(
+        url=ctx.files.url(name),
+        width=made.width,
+        height=made.height,
+        size_bytes=made.size_bytes,
+        format=made.format,
+    )
+
+
+# --- the terminal client: `jobql upload-avatar` -----------------------------------------------
+
+UPLOAD_AVATAR = """
+mutation UploadAvatar($file: Upload!, $options: AvatarOptions) {
+    uploadAvatar(file: $file, options: $options) { ...JobFields }
+}"""
+
+
+def _arguments(parser: "argparse.ArgumentParser") -> None:
+    from pathlib import Path
+
+    parser.add_argument("photo", type=Path, help="the photo (JPEG, PNG, WebP or GIF)")
+    parser.add_argument(
+        "--size", type=int, default=None, help=f"side in pixels, {SIZES_TEXT} ({DEFAULT_SIZE})"
+    )
+    parser.add_argument(
+        "--format", dest="image_format", type=str.upper, choices=list(ImageFormat), default=None
+    )
+
+
+def _check(args: "argparse.Namespace") -> str | None:
+    try:
+        with args.photo.open("rb"):
+            return None
+    except OSError as exc:
+        return f"cannot read {args.photo}: {exc.strerror}"
+
+
+async def _queue(client: "JobqlClient", args: "argparse.Namespace") -> "JobData":
+    options: dict[str, Any] = {}
+    if args.size is not None:
+        options["size"] = args.size
+    if args.image_format is not None:
+        options["format"] = args.image_format
+    return await client.mutate_with_file(
+        UPLOAD_AVATAR, "UploadAvatar", {"options": options or None}, "file", args.photo
+    )
+
+
+def _describe(result: dict[str, Any], absolute: "Callable[[str], str]") -> list[str]:
+    return [
+        f"avatar: {absolute(result['url'])}",
+        f"size: {result['width']}x{result['height']} {result['format']}, "
+        f"{result['sizeBytes']} bytes",
+    ]
+
+
+kind = Kind(
+    name="avatar",
+    payload=AvatarPayload,
+    result=AvatarResult,
+    run=make,
+    mutation=upload_avatar,
+    files=FileArea("avatars"),
+    command=Command(
+        name="upload-avatar",
+        help="upload a photo to a running server, to become a square avatar",
+        add_arguments=_arguments,
+        queue=_queue,
+        check=_check,
+    ),
+    describe=_describe,
+)
