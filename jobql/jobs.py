@@ -23,6 +23,8 @@ DEFAULT_QUEUE = "celery"
 # Per queue, the jobs queued but not started yet, scored by when they may start: what
 # recovery watches.
 PENDING_PREFIX = "jobql:pending:"
+# What a snapshot needs of a job record (not the message copy kept for recovery).
+RECORD_FIELDS = ("owner", "kind", "created_at", "started_at")
 # Per owner, their jobs scored by creation time: what a kind reads to list a user's jobs.
 OWNER_PREFIX = "jobql:owner:"
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from jobql.connections import AutoPipeline, text
 from jobql.jobs import (
     DEFAULT_QUEUE,
+    RECORD_FIELDS,
     Dedupe,
     JobSnapshot,
     is_job_id,
@@ -34,8 +35,6 @@ if TYPE_CHECKING:
     from redis.asyncio import Redis
 
 
-# What a snapshot needs of a job record (not the message copy kept for recovery).
-RECORD_FIELDS = ("owner", "kind", "created_at", "started_at")
 NO_SUCH_JOB = "00000000-0000-0000-0000-000000000000"
 
 # Atomically: unless KEYS[1] (a dedupe key, when given) names an earlier job, claim it,

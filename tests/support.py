@@ -12,6 +12,7 @@ import time
 import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aiosmtpd.controller import Controller
@@ -23,10 +24,10 @@ from jobql.redis_server import free_port
 
 if TYPE_CHECKING:
     from email.message import EmailMessage
-    from pathlib import Path
 
     from jobql.settings import Settings
 
+ROOT = Path(__file__).resolve().parents[1]
 REJECTING_DOMAIN = "reject.example.org"  # every recipient here gets 550
 DEFERRING_DOMAIN = "defer.example.org"  # each recipient here gets 451 once, then 250
 # The built-in kinds' mutations, as the terminal client sends them.
@@ -35,8 +36,10 @@ SEND_WELCOME = with_job_fields(welcome_email.SEND_WELCOME)
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
-    """The environment that makes a child process read exactly `settings`."""
+    """The environment that makes a child process read exactly `settings` (and import the
+    kinds of job in `examples/`, when they name one)."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("JOBQL_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     for name, value in settings.model_dump().items():
         if value is None:
             continue

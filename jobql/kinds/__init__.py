@@ -16,6 +16,7 @@ library that only the worker has) inside the body.
 from __future__ import annotations
 
 import dataclasses
+import time
 import typing
 from dataclasses import dataclass
 from enum import Enum
@@ -25,11 +26,22 @@ from strawberry.types import Info
 
 from jobql.errors import BadUserInput, Forbidden
 from jobql.files import FileArea, JobFiles
-from jobql.jobs import Dedupe, JobFailed, JobSnapshot, task_name
+from jobql.jobs import (
+    RECORD_FIELDS,
+    Dedupe,
+    JobFailed,
+    JobSnapshot,
+    load_meta,
+    meta_key,
+    owner_key,
+    record_key,
+    snapshot,
+    task_name,
+)
 
 if TYPE_CHECKING:
     import argparse
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable, Callable, Iterator
     from datetime import timedelta
     from pathlib import Path
 
@@ -58,9 +70,11 @@ __all__ = [
     "caller",
     "check_rate",
     "checked_delay",
+    "count_owner_jobs",
     "enqueue",
     "existing_job",
     "incoming_upload",
+    "owner_jobs",
 ]
 
 P = TypeVar("P")
@@ -186,6 +200,41 @@ def _from_fields(cls: type[P], data: dict[str, Any]) -> P:
         is_enum = isinstance(hint, type) and issubclass(hint, Enum)
         values[name] = hint(value) if is_enum and value is not None else value  # type: ignore[misc]
     return cls(**values)
+
+
+def owner_jobs(ctx: TaskContext, batch: int = 200) -> Iterator[list[JobSnapshot]]:
+    """The job owner's jobs that are still kept, oldest first, `batch` at a time (one
+    round trip each). Costs in proportion to that owner's jobs only."""
+    key = owner_key(ctx.owner)
+    cutoff = time.time() - ctx.settings.result_expires
+    start = 0
+    while True:
+        found = ctx.redis.zrangebyscore(key, cutoff, "+inf", start, batch)
+        ids = [_text(cast("bytes", i)) for i in found]
+        if not ids:
+            return
+        with ctx.redis.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                pipe.hmget(record_key(job_id), *RECORD_FIELDS)
+                pipe.get(meta_key(job_id))
+            replies = pipe.execute()
+        jobs = []
+        for job_id, values, raw_meta in zip(ids, replies[::2], replies[1::2], strict=True):
+            record = {f: _text(v) for f, v in zip(RECORD_FIELDS, values, strict=True) if v}
+            if record.get("owner") == ctx.owner:  # not expired in between
+                jobs.append(snapshot(job_id, record, load_meta(raw_meta)))
+        yield jobs
+        start += len(ids)
+
+
+def count_owner_jobs(ctx: TaskContext) -> int:
+    """How many jobs `owner_jobs` will go through (about: some may expire meanwhile)."""
+    cutoff = time.time() - ctx.settings.result_expires
+    return int(ctx.redis.zcount(owner_key(ctx.owner), cutoff, "+inf"))
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 # --- what a kind's mutation uses (in the web process) -----------------------------------------
