@@ -135,6 +135,17 @@ async def test_export_runs_end_to_end_and_only_its_owner_can_download_it(
     assert (theirs.status_code, anonymous.status_code, guessed.status_code) == (404, 404, 404)
     assert theirs.content == anonymous.content  # nothing tells a stranger the file exists
     assert httpx.get(web.url(f"/media/exports/{job['id']}/jobs.csv")).status_code == 404
+    # Even its owner gets nothing but the file itself at its own URL.
+    owners = {"Authorization": f"Bearer {token(owner)}"}
+    for path in [
+        f"/files/exports/{job['id']}/..",
+        f"/files/exports/{job['id']}/%2e%2e%2f%2e%2e%2fincoming",
+        f"/files/exports/..%2f{job['id']}/jobs.csv",
+        f"/files/exports/{job['id'].upper()}/jobs.csv",
+        f"/files/avatars/{job['id']}/jobs.csv",
+        f"/files/private/{job['id']}/jobs.csv",
+    ]:
+        assert httpx.get(web.url(path), headers=owners).status_code == 404, path
 
 
 def test_the_schema_gains_only_what_the_example_adds(stack: Stack) -> None:
