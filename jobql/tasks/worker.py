@@ -130,7 +130,13 @@ class JobTask(Task):  # type: ignore[type-arg]
 
 def run_job(self: JobTask, **kwargs: Any) -> dict[str, Any]:
     """Every kind's task: the payload from its keyword arguments, the body, the result."""
-    self.refuse_poison()
+    try:
+        self.refuse_poison()
+    except JobFailed:
+        # The body will not run to remove what the job was given: an upload is named
+        # after the job it was queued for.
+        (self.deps.settings.incoming_dir / f"{self.request.id}.upload").unlink(missing_ok=True)
+        raise
     payload = self.kind.load_payload(kwargs)
     try:
         result = self.kind.run(self.context(), payload)
