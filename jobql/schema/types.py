@@ -1,13 +1,12 @@
 """The GraphQL types of jobql's public API. `Job` is built for the kinds loaded: its `kind`
 is one of them (`JobKind`) and its `result` one of their result types (`JobResult`).
 
-Every field of `Job` reads a `JobSnapshot`, which is what resolvers answer with.
+`Job` reads a `JobSnapshot`, which is what resolvers answer with.
 
 No `from __future__ import annotations`: Strawberry reads these annotations at run time.
 """
 
 from datetime import datetime
-from enum import StrEnum
 from typing import TYPE_CHECKING, Annotated, Any, Optional, Union
 
 import strawberry
@@ -33,64 +32,30 @@ def job_type(kinds: "Kinds") -> type:
     results = tuple(kind.result for kind in kinds)
     job_result = Annotated[Union[results], strawberry.union("JobResult")]  # type: ignore[valid-type]  # noqa: UP007
 
-    def _kind(root: JobSnapshot) -> StrEnum:
-        return kinds.enum(root.kind)
-
-    def _result(root: JobSnapshot) -> Any:
+    def load_result(root: JobSnapshot) -> Any:
         return None if root.result is None else kinds.load_result(root.kind, root.result)
 
-    # No annotations: a field with one would come before those without in the schema.
+    # The fields but the last two are the snapshot's own attributes, read as they are
+    # (a kind's name is its JobKind value). `result` and `error` need a resolver, and
+    # fields with one come after those without, in the schema too: keep them last.
     @strawberry.type(name="Job", description="A piece of slow work and where it has got to.")
     class Job:
-        id = strawberry.field(resolver=_id, graphql_type=strawberry.ID)
-        kind = strawberry.field(resolver=_kind, graphql_type=job_kind)
-        state = strawberry.field(resolver=_state)
-        done = strawberry.field(resolver=_done, description="SUCCESS, FAILURE or REVOKED.")
-        progress = strawberry.field(
-            resolver=_progress, description="0..100, when the task reports it."
-        )
-        created_at = strawberry.field(resolver=_created_at)
-        started_at = strawberry.field(resolver=_started_at)
-        finished_at = strawberry.field(resolver=_finished_at)
+        id: strawberry.ID
+        kind: str = strawberry.field(graphql_type=job_kind)
+        state: JobState
+        done: bool = strawberry.field(description="SUCCESS, FAILURE or REVOKED.")
+        progress: int | None = strawberry.field(description="0..100, when the task reports it.")
+        created_at: datetime
+        started_at: datetime | None
+        finished_at: datetime | None
         result = strawberry.field(
-            resolver=_result,
+            resolver=load_result,
             graphql_type=Optional[job_result],  # noqa: UP045
             description="Set when SUCCESS.",
         )
         error = strawberry.field(resolver=_error, description="Set when FAILURE or REVOKED.")
 
     return Job
-
-
-# Each field of `Job` reads the snapshot it is given.
-
-
-def _id(root: JobSnapshot) -> str:
-    return root.id
-
-
-def _state(root: JobSnapshot) -> JobState:
-    return root.state
-
-
-def _done(root: JobSnapshot) -> bool:
-    return root.done
-
-
-def _progress(root: JobSnapshot) -> int | None:
-    return root.progress
-
-
-def _created_at(root: JobSnapshot) -> datetime:
-    return root.created_at
-
-
-def _started_at(root: JobSnapshot) -> datetime | None:
-    return root.started_at
-
-
-def _finished_at(root: JobSnapshot) -> datetime | None:
-    return root.finished_at
 
 
 def _error(root: JobSnapshot) -> JobError | None:
