@@ -62,6 +62,7 @@ WEB = SHARED | {
     "jobql.resolvers.subscription",
     "jobql.schema",
     "jobql.schema.documents",
+    "jobql.schema.limits",
     "jobql.schema.types",
     "jobql.store",
     "jobql.watcher",

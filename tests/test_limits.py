@@ -15,6 +15,7 @@ from graphql import (
     specified_rules,
 )
 
+from jobql.registry import built_in_kinds
 from jobql.schema import build_schema
 from jobql.schema.documents import MAX_TOKENS, limit_rules, validate
 from jobql.schema.limits import (
@@ -35,7 +36,7 @@ from tests.hostile_documents import (
     repeated_field,
 )
 
-SCHEMA = build_schema(introspection=False)._schema
+SCHEMA = build_schema(built_in_kinds(), introspection=False)._schema
 RULES = (*specified_rules, *limit_rules(introspection=False))
 # A hostile document may cost this many normal ones to parse and validate, at most.
 COST_RATIO_BOUND = 25
