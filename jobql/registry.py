@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
 from enum import StrEnum
 from functools import cached_property
 from importlib.metadata import EntryPoint, entry_points
 from typing import TYPE_CHECKING, Any, Literal
 
 from redis import Redis
+from redis.exceptions import RedisError
 
 from jobql.kinds import Kind
 
@@ -28,6 +30,7 @@ OWN_DISTRIBUTION = "jobql"
 KINDS_KEY = "jobql:kinds:{side}"
 
 Side = Literal["web", "worker"]
+logger = logging.getLogger(__name__)
 
 
 class BadKindModule(Exception):
@@ -131,7 +134,11 @@ def agree(client: Redis, side: Side, kinds: Kinds) -> None:
 
 
 def check_agreement(settings: Settings, side: Side, kinds: Kinds) -> None:
-    """`agree`, over a connection of its own (one blocking call, before serving)."""
+    """`agree`, over a connection of its own (one blocking call, before serving).
+
+    A Redis that cannot be reached is not a reason to refuse to start (each side waits
+    for Redis as it always has): the check is left to the next start, with a warning.
+    """
     client = Redis.from_url(
         settings.redis_url,
         socket_timeout=settings.redis_timeout,
@@ -139,5 +146,7 @@ def check_agreement(settings: Settings, side: Side, kinds: Kinds) -> None:
     )
     try:
         agree(client, side, kinds)
+    except RedisError as exc:
+        logger.warning("Could not check the kinds of job against the %s: %s", side, exc)
     finally:
         client.close()

@@ -3,6 +3,8 @@ bodies that run without Celery, and the web and worker agreeing on the list."""
 
 from __future__ import annotations
 
+import os
+import time
 import types
 from typing import TYPE_CHECKING, Any
 
@@ -11,12 +13,13 @@ import redis
 
 from jobql.files import FileArea, ResultFiles
 from jobql.images import ImageFormat
-from jobql.jobs import JobFailed, new_job_id
+from jobql.jobs import JobFailed, new_job_id, record_key
 from jobql.kinds import TaskContext
 from jobql.kinds.avatar import AvatarPayload, AvatarResult
 from jobql.kinds.avatar import kind as avatar
 from jobql.kinds.welcome_email import WelcomePayload
 from jobql.kinds.welcome_email import kind as welcome_email
+from jobql.redis_server import free_port
 from jobql.registry import (
     KINDS_KEY,
     BadKindModule,
@@ -24,10 +27,12 @@ from jobql.registry import (
     KindsDisagree,
     agree,
     built_in_kinds,
+    check_agreement,
     kind_modules,
     load_kind,
     load_kinds,
 )
+from jobql.tasks.sweep import job_exists, sweep_job_dirs
 from jobql.tasks.worker import create_worker_app
 from tests.images import phone_photo
 
@@ -212,3 +217,32 @@ def test_a_web_process_with_a_kind_the_workers_lack_is_refused(client: redis.Red
 def test_the_first_side_to_start_has_nothing_to_check(client: redis.Redis) -> None:
     agree(client, "worker", kinds_of("a"))
     assert client.get(KINDS_KEY.format(side="worker")) == b'["a"]'
+
+
+def test_a_redis_out_of_reach_leaves_the_check_to_the_next_start(
+    make_settings: Callable[..., Settings], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each side waits for Redis as it always has; no refusal, a warning."""
+    settings = make_settings(redis_url=f"redis://127.0.0.1:{free_port()}/0", redis_timeout=0.5)
+    check_agreement(settings, "web", kinds_of("a"))
+    assert "Could not check the kinds of job" in caplog.text
+
+
+# --- private files are swept with their job ----------------------------------------------------
+
+
+def test_private_files_of_expired_jobs_are_swept(tmp_path: Path, client: redis.Redis) -> None:
+    files = ResultFiles(tmp_path)
+    area = FileArea("exports", private=True)
+    expired, kept, young = new_job_id(), new_job_id(), new_job_id()
+    client.hset(record_key(kept), "owner", "alice")
+    for job_id in (expired, kept, young):
+        files.for_job(area, job_id).path("jobs.csv").write_text("id\n")
+    old = time.time() - 3600
+    for job_id in (expired, kept):
+        os.utime(files.private_dir(area) / job_id, (old, old))
+
+    removed = sweep_job_dirs(files.job_dirs([area]), 600, lambda job_id: job_exists(client, job_id))
+
+    assert removed == [files.private_dir(area) / expired]
+    assert sorted(p.name for p in files.private_dir(area).iterdir()) == sorted([kept, young])

@@ -27,6 +27,7 @@ from jobql.kinds import (
     Kind,
     MutationInfo,
     TaskContext,
+    caller,
     check_rate,
     enqueue,
     incoming_upload,
@@ -89,6 +90,7 @@ async def upload_avatar(
     info: MutationInfo, file: Upload, options: AvatarOptions | None = None
 ) -> JobSnapshot:
     """Queue a photo to become a square avatar; answers at once with the job."""
+    caller(info)  # who asks comes before what they ask
     options = options or AvatarOptions()
     size = DEFAULT_SIZE if options.size is None else options.size
     quality = DEFAULT_QUALITY if options.quality is None else options.quality

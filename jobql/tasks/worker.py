@@ -24,7 +24,7 @@ from jobql.files import ResultFiles
 from jobql.jobs import DEFAULT_QUEUE, JobFailed, JobState, pending_key, utcnow
 from jobql.kinds import Kind, RetryLater, TaskContext
 from jobql.logs import configure_logging, current_job_id
-from jobql.registry import agree
+from jobql.registry import check_agreement
 from jobql.tasks.backend import backend_url
 from jobql.tasks.housekeeping import housekeeping_step
 from jobql.tasks.mail import Mailer, create_mail_app
@@ -196,7 +196,7 @@ def create_worker_app(settings: Settings, kinds: Kinds) -> Celery:
     )
     client = lambda: app.backend.client  # type: ignore[attr-defined]  # noqa: E731
     files = ResultFiles(settings.media_root)
-    app.steps["worker"].add(kinds_check_step(kinds, client))
+    app.steps["worker"].add(kinds_check_step(settings, kinds))
     app.steps["worker"].add(housekeeping_step(settings, kinds, client))
     deps = Dependencies(
         settings, Mailer(create_mail_app(settings), keepalive=settings.mail_keepalive), files
@@ -215,13 +215,13 @@ def create_worker_app(settings: Settings, kinds: Kinds) -> Celery:
     return app
 
 
-def kinds_check_step(kinds: Kinds, client: Any) -> type[bootsteps.StartStopStep]:
+def kinds_check_step(settings: Settings, kinds: Kinds) -> type[bootsteps.StartStopStep]:
     """A step that stops the worker from starting when the web process accepts a kind of
     job this worker does not have."""
 
     class KindsCheck(bootsteps.StartStopStep):
         def start(self, worker: Any) -> None:
-            agree(client(), "worker", kinds)
+            check_agreement(settings, "worker", kinds)
 
     return KindsCheck
 
