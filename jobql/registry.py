@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
     from jobql.files import FileArea
+    from jobql.jobs import JobSnapshot
     from jobql.settings import Settings
 
 ENTRY_POINT_GROUP = "jobql.kinds"
@@ -39,6 +40,10 @@ class BadKindModule(Exception):
 
 class KindsDisagree(Exception):
     """The web process accepts kinds of job that the workers cannot run."""
+
+
+class UnknownKind(ValueError):
+    """A job of a kind this process has not loaded."""
 
 
 class Kinds:
@@ -75,6 +80,12 @@ class Kinds:
 
     def load_result(self, kind: str, data: dict[str, Any]) -> Any:
         return self[kind].load_result(data)
+
+    def known(self, job: JobSnapshot) -> JobSnapshot:
+        """`job`, if its kind is loaded; `UnknownKind` (an unexpected error) if not."""
+        if job.kind not in self._by_name:
+            raise UnknownKind(f"Job {job.id} is of a kind not loaded here: {job.kind!r}")
+        return job
 
 
 def kind_modules(settings: Settings) -> list[str]:

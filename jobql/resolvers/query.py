@@ -9,4 +9,5 @@ async def job(info: Info[Context, None], id: strawberry.ID) -> JobSnapshot | Non
     """The job, or null if it does not exist, has expired or belongs to someone else."""
     user_id = info.context.principal().user_id
     with info.context.redis_errors_as_unavailable():
-        return await info.context.store.get(str(id), owner=user_id)
+        job = await info.context.store.get(str(id), owner=user_id)
+    return info.context.services.kinds.known(job) if job else None

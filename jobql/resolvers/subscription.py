@@ -25,7 +25,7 @@ async def job(info: Info[Context, None], id: strawberry.ID) -> AsyncGenerator[Jo
             if record.get("owner") != user_id:
                 raise NotFound("No such job.")
             async for current in _changes(context.store, job_id, record, meta, events):
-                yield current
+                yield context.services.kinds.known(current)
 
 
 async def _changes(
