@@ -8,6 +8,7 @@ import asyncio
 import csv
 import io
 import json
+import re
 import subprocess
 import sys
 import uuid
@@ -210,3 +211,29 @@ def test_a_web_process_with_a_kind_the_workers_lack_refuses_to_start(
         client.close()
     with pytest.raises(RuntimeError):
         start_web(with_example, tmp_path / "web.log")
+
+
+def test_the_terminal_client_runs_the_kinds_own_command(stack: Stack) -> None:
+    """`jobql export-jobs`, a command the example kind brings, queues and follows its job
+    and prints the file's URL, which works with the same token."""
+    web = stack.web
+    assert web is not None
+    user = f"cli-{uuid.uuid4().hex[:6]}"
+    env = settings_env(stack.settings)
+    env.pop("JOBQL_SECRET_KEY")  # a client needs only the kinds, not the server's secrets
+    command = ["export-jobs", "--wait", "--url", web.http_url, "--token", token(user)]
+    done = subprocess.run(
+        [sys.executable, "-m", "jobql", *command],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    found = re.search(r"^file: (\S+) \(with your token\)$", done.stdout, re.MULTILINE)
+    assert found, done.stdout
+    assert "1 jobs" in done.stdout  # the export itself
+    got = httpx.get(found[1], headers={"Authorization": f"Bearer {token(user)}"})
+    assert got.status_code == 200
+    assert got.text.splitlines()[0] == "id,kind,state,created_at,finished_at"
