@@ -4,6 +4,8 @@ bodies that run without Celery, and the web and worker agreeing on the list."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 import types
 from typing import TYPE_CHECKING, Any
@@ -35,6 +37,7 @@ from jobql.registry import (
 from jobql.tasks.sweep import job_exists, sweep_job_dirs
 from jobql.tasks.worker import create_worker_app
 from tests.images import phone_photo
+from tests.support import settings_env
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -246,3 +249,20 @@ def test_private_files_of_expired_jobs_are_swept(tmp_path: Path, client: redis.R
 
     assert removed == [files.private_dir(area) / expired]
     assert sorted(p.name for p in files.private_dir(area).iterdir()) == sorted([kept, young])
+
+
+@pytest.mark.parametrize("command", [["schema"], ["worker"], ["web", "--port", "1"]])
+def test_a_kind_module_that_cannot_be_loaded_stops_every_command(
+    make_settings: Callable[..., Settings], command: list[str]
+) -> None:
+    env = settings_env(make_settings(kinds="examples.no_such_kind"))
+    done = subprocess.run(
+        [sys.executable, "-m", "jobql", *command],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "Cannot import the kind module 'examples.no_such_kind'" in done.stderr
+    assert "Traceback" not in done.stderr
