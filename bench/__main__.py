@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bench.depth import depth
 from bench.harness import open_bench
 from bench.measure import (
     FULL,
@@ -32,7 +33,7 @@ from bench.report import table
 HERE = Path(__file__).parent
 
 
-PARTS = ("enqueue", "upload_ack", "freshness", "processing", "completion")
+PARTS = ("enqueue", "upload_ack", "freshness", "processing", "completion", "depth")
 
 
 async def run(smoke: bool, parts: tuple[str, ...] = PARTS) -> dict[str, Any]:
@@ -52,6 +53,8 @@ async def run(smoke: bool, parts: tuple[str, ...] = PARTS) -> dict[str, Any]:
             figures["processing"] = processing(bench, size)
         if "completion" in parts:
             figures["completion"] = await completion(bench, size)
+        if "depth" in parts:
+            figures["depth"] = await depth(bench, size)
     return figures
 
 

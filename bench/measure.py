@@ -52,10 +52,12 @@ class Size:
     avatars: int
     big: bool
     rounds: int  # runs a side of enqueue and completion, taking turns with the other side's
+    backlog: int  # jobs queued for the depth part
+    stall_seconds: int  # how long the depth part watches Redis with a worker's timers running
 
 
-FULL = Size(10, 32, 15, (1000, 10000), 300, 15, 2000, 300, True, 3)
-SMOKE = Size(1, 4, 2, (20,), 10, 1, 10, 4, False, 1)
+FULL = Size(10, 32, 15, (1000, 10000), 300, 15, 2000, 300, True, 3, 1_000_000, 30)
+SMOKE = Size(1, 4, 2, (20,), 10, 1, 10, 4, False, 1, 2_000, 3)
 
 
 def percentile(values: list[float], p: float) -> float:

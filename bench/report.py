@@ -9,7 +9,7 @@ Row = tuple[str, str, str, str, str, str]
 
 def table(f: dict[str, Any]) -> str:
     rows = [*_enqueue(f["enqueue"]), *_uploads(f["upload_ack"]), *_freshness(f["freshness"])]
-    rows += [*_processing(f["processing"]), *_completion(f["completion"])]
+    rows += [*_processing(f["processing"]), *_completion(f["completion"]), *_depth(f["depth"])]
     head = "| measure | jobql | reference | jobql / reference | target | met |\n"
     rule = "|---|---|---|---|---|---|\n"
     return head + rule + "\n".join("| " + " | ".join(row) + " |" for row in rows)
@@ -105,4 +105,26 @@ def _completion(c: dict[str, Any]) -> list[Row]:
         for key, label in (
             ("emails_per_second", "welcome emails"), ("avatars_per_second", "avatars")
         )
+    ]  # fmt: skip
+
+
+def _depth(d: dict[str, Any]) -> list[Row]:
+    limit = max(20.0, 2 * d["longest_ping_without_worker_ms"])
+    memory = (
+        f"record {d['record_bytes']:.0f}, message copy {d['message_copy_bytes']:.0f}, "
+        f"pending index {d['pending_index_bytes']:.0f}, message {d['message_bytes']:.0f}, "
+        f"once-a-day key {d['dedupe_bytes']:.0f} B"
+    )
+    return [
+        _row(
+            f"7. longest Redis wait (PING every 10 ms) while a worker's timers run, "
+            f"{d['jobs']:,} jobs queued, {d['taken']:,} taken by a dead worker, recovery "
+            f"every 0.5 s ({d['recovery_calls']} calls, {d['recovery_call_us']:.0f} us each; "
+            f"{d['longest_ping_without_worker_ms']:.1f} ms with no worker)",
+            d["longest_ping_ms"], None, "ms", "< 20 ms", d["longest_ping_ms"] < limit,
+        ),
+        _row(
+            f"7. Redis memory per queued job ({memory})",
+            d["per_job_bytes"], None, "B", "<= 2560 B", d["per_job_bytes"] <= 2560,
+        ),
     ]  # fmt: skip

@@ -70,6 +70,13 @@ def _parser(kinds: Kinds) -> argparse.ArgumentParser:
     worker.add_argument("--loglevel", default="INFO")
     worker.set_defaults(run=_worker)
 
+    purge = commands.add_parser(
+        "purge", help="empty the queue and end every job waiting on it REVOKED"
+    )
+    purge.add_argument("--queue", default=None, help="the queue (default: celery)")
+    purge.add_argument("-f", "--force", action="store_true", help="do not ask first")
+    purge.set_defaults(run=_purge)
+
     token = commands.add_parser("token", help="print a bearer token")
     token.add_argument("--user", required=True, help="the user id (the token's sub)")
     token.add_argument(
@@ -150,6 +157,24 @@ def _worker(args: argparse.Namespace, extra: list[str]) -> int:
 
     app.worker_main(["worker", f"--loglevel={args.loglevel}", *extra])
     return 0
+
+
+def _purge(args: argparse.Namespace, extra: list[str]) -> int:
+    from redis import Redis
+
+    from jobql.jobs import DEFAULT_QUEUE
+    from jobql.tasks.purge import purge_queue
+
+    settings = Settings()
+    queue = args.queue or DEFAULT_QUEUE
+    if not args.force:
+        answer = input(f"End every job waiting on the queue {queue!r} REVOKED? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            return EXIT_OK
+    with Redis.from_url(settings.redis_url) as client:
+        purged = purge_queue(client, settings.result_expires, queue=queue)
+    print(f"Took {purged.messages} messages off {queue!r}; {purged.revoked} jobs ended REVOKED.")
+    return EXIT_OK
 
 
 def _token(args: argparse.Namespace, extra: list[str]) -> int:

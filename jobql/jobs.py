@@ -20,10 +20,13 @@ from typing import Any
 RECORD_PREFIX = "jobql:job:"
 META_PREFIX = "celery-task-meta-"
 DEFAULT_QUEUE = "celery"
-# Per queue, the jobs queued but not started yet, scored by when they may start: what
-# recovery watches.
+# Per queue, the jobs queued but not started yet, scored by when their message was pushed
+# onto the queue (what recovery watches); a copy of each one's message, by job id, kept
+# until a worker starts the job; and when recovery first found a job's message missing.
 PENDING_PREFIX = "jobql:pending:"
-# What a snapshot needs of a job record (not the message copy kept for recovery).
+MESSAGES_PREFIX = "jobql:messages:"
+MISSING_PREFIX = "jobql:missing:"
+# What a snapshot needs of a job record (not the fields only the worker and recovery use).
 RECORD_FIELDS = ("owner", "kind", "created_at", "started_at")
 # Per owner, their jobs scored by creation time: what a kind reads to list a user's jobs.
 OWNER_PREFIX = "jobql:owner:"
@@ -104,6 +107,14 @@ def meta_key(job_id: str) -> str:
 
 def pending_key(queue: str) -> str:
     return f"{PENDING_PREFIX}{queue}"
+
+
+def messages_key(queue: str) -> str:
+    return f"{MESSAGES_PREFIX}{queue}"
+
+
+def missing_key(queue: str) -> str:
+    return f"{MISSING_PREFIX}{queue}"
 
 
 def owner_key(owner: str) -> str:

@@ -14,7 +14,6 @@ import base64
 import json
 import os
 import socket
-import uuid
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -67,7 +66,9 @@ def task_message(
         "delivery_info": {"exchange": "", "routing_key": queue},
         "priority": 0,
         "body_encoding": "base64",
-        "delivery_tag": str(uuid.uuid4()),
+        # What a worker files the message under while it holds it: the job id, so that
+        # recovery can ask whether a job's message is held without reading anything else.
+        "delivery_tag": task_id,
     }
     return orjson.dumps(
         {

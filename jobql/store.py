@@ -16,6 +16,7 @@ from jobql.jobs import (
     JobSnapshot,
     is_job_id,
     load_meta,
+    messages_key,
     meta_key,
     new_job_id,
     new_record,
@@ -38,11 +39,12 @@ if TYPE_CHECKING:
 NO_SUCH_JOB = "00000000-0000-0000-0000-000000000000"
 
 # Atomically: unless KEYS[1] (a dedupe key, when given) names an earlier job, claim it,
-# write the job record (with a copy of the message, kept until a worker starts the job),
-# note the job as pending, queue the task message, count it as accepted and add it to its
-# owner's jobs (dropping those old enough to have expired). Returns the
-# earlier job's id, or false. A job whose record exists is queued already: a pipeline
-# sent again after its connection broke must not queue it twice.
+# write the job record, note the job as pending with a copy of its message (kept until a
+# worker starts the job, outside the record so that the record stays a small listpack),
+# queue the task message, count it as accepted and add it to its owner's jobs (dropping
+# those old enough to have expired). Returns the earlier job's id, or false. A job whose
+# record exists is queued already: a pipeline sent again after its connection broke must
+# not queue it twice.
 ENQUEUE_SCRIPT = """
 if redis.call('EXISTS', KEYS[2]) == 1 then return false end
 if KEYS[1] ~= '' then
@@ -50,13 +52,14 @@ if KEYS[1] ~= '' then
   if earlier then return earlier end
   redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 end
-redis.call('HSET', KEYS[2], 'message', ARGV[4], unpack(ARGV, 8))
+redis.call('HSET', KEYS[2], unpack(ARGV, 7))
 redis.call('EXPIRE', KEYS[2], ARGV[3])
 redis.call('ZADD', KEYS[4], ARGV[5], ARGV[1])
+redis.call('HSET', KEYS[7], ARGV[1], ARGV[4])
 redis.call('LPUSH', KEYS[3], ARGV[4])
 redis.call('HINCRBY', KEYS[5], ARGV[6], 1)
-redis.call('ZADD', KEYS[6], ARGV[7], ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', ARGV[7] - ARGV[3])
+redis.call('ZADD', KEYS[6], ARGV[5], ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', ARGV[5] - ARGV[3])
 redis.call('EXPIRE', KEYS[6], ARGV[3])
 return false
 """
@@ -102,15 +105,15 @@ class JobStore:
             pending_key(self.queue),
             STATS_KEY,
             owner_key(owner),
+            messages_key(self.queue),
         ]
         args = [
             job_id,
             int(dedupe.ttl.total_seconds()) if dedupe else 0,
             self.result_expires,
             message,
-            (eta or created_at).timestamp(),
+            created_at.timestamp(),  # when the message is pushed, eta or not
             accepted_field(kind),
-            created_at.timestamp(),
             *(part for pair in record.items() for part in pair),
         ]
         # EVAL rather than EVALSHA: Redis keeps the compiled script either way, and a

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import json
 import os
 import subprocess
 import sys
@@ -21,9 +22,12 @@ from pydantic import SecretStr
 from jobql.client import with_job_fields
 from jobql.kinds import avatar, welcome_email
 from jobql.redis_server import free_port
+from jobql.tasks.recovery import UNACKED_INDEX_KEY, UNACKED_KEY
 
 if TYPE_CHECKING:
     from email.message import EmailMessage
+
+    from redis import Redis
 
     from jobql.settings import Settings
 
@@ -33,6 +37,16 @@ DEFERRING_DOMAIN = "defer.example.org"  # each recipient here gets 451 once, the
 # The built-in kinds' mutations, as the terminal client sends them.
 UPLOAD_AVATAR = with_job_fields(avatar.UPLOAD_AVATAR)
 SEND_WELCOME = with_job_fields(welcome_email.SEND_WELCOME)
+
+
+def file_as_held(client: Redis, message: dict[str, Any], queue: str) -> None:
+    """What Kombu's Redis transport does with a message a worker took off `queue`: file it
+    as unacknowledged under its delivery tag, in its hash and its index."""
+    tag = message["properties"]["delivery_tag"]
+    with client.pipeline() as pipe:
+        pipe.zadd(UNACKED_INDEX_KEY, {tag: time.time()})
+        pipe.hset(UNACKED_KEY, tag, json.dumps([message, "", queue]))
+        pipe.execute()
 
 
 def settings_env(settings: Settings) -> dict[str, str]:

@@ -12,7 +12,7 @@ import redis
 from celery import Celery
 from celery.app.task import Context
 
-from jobql.jobs import meta_key, pending_key, record_key, task_name
+from jobql.jobs import messages_key, meta_key, missing_key, pending_key, record_key, task_name
 from jobql.stats import STATS_KEY
 from jobql.tasks.backend import (
     ATTEMPT_MARK,
@@ -73,7 +73,7 @@ def start(backend: JobResultBackend, job_id: str, *args: Any, **result: Any) -> 
     return backend.mark_as_started_delivery(
         job_id,
         request(job_id, *args),
-        pending=pending_key("celery"),
+        queue="celery",
         started_at="2026-01-01T00:00:00+00:00",
         deliveries_field="deliveries:0",
         **result,
@@ -123,8 +123,11 @@ def test_start_counts_the_delivery_and_stores_started_with_its_attempt(
 ) -> None:
     job_id = str(uuid.uuid4())
     record, pending = record_key(job_id), pending_key("celery")
-    client.hset(record, mapping={"owner": "u", "message": "{}", "missing_since": "1"})
+    copies, missing = messages_key("celery"), missing_key("celery")
+    client.hset(record, mapping={"owner": "u"})
     client.zadd(pending, {job_id: 1})
+    client.hset(copies, job_id, "{}")
+    client.hset(missing, job_id, "1")
     # An argument that looks like the attempt's stand-in is stored as it came.
     args = ("a@example.com", ATTEMPT_MARK)
 
@@ -137,8 +140,8 @@ def test_start_counts_the_delivery_and_stores_started_with_its_attempt(
     assert meta["args"] == list(args)
     assert client.hget(record, "deliveries:0") == b"2"
     assert client.hget(record, "started_at") == b"2026-01-01T00:00:00+00:00"
-    assert client.hmget(record, "message", "missing_since") == [None, None]
     assert client.zscore(pending, job_id) is None
+    assert client.hget(copies, job_id) is client.hget(missing, job_id) is None
 
 
 def test_a_late_start_does_not_replace_success(

@@ -34,7 +34,7 @@ from jobql.registry import (
     load_kind,
     load_kinds,
 )
-from jobql.tasks.sweep import job_exists, sweep_job_dirs
+from jobql.tasks.sweep import jobs_exist, sweep_job_dirs
 from jobql.tasks.worker import create_worker_app
 from tests.images import phone_photo
 from tests.support import settings_env
@@ -245,7 +245,7 @@ def test_private_files_of_expired_jobs_are_swept(tmp_path: Path, client: redis.R
     for job_id in (expired, kept):
         os.utime(files.private_dir(area) / job_id, (old, old))
 
-    removed = sweep_job_dirs(files.job_dirs([area]), 600, lambda job_id: job_exists(client, job_id))
+    removed = sweep_job_dirs(files.job_dirs([area]), 600, lambda ids: jobs_exist(client, ids))
 
     assert removed == [files.private_dir(area) / expired]
     assert sorted(p.name for p in files.private_dir(area).iterdir()) == sorted([kept, young])

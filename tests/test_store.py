@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from jobql.connections import create_redis
-from jobql.jobs import JobState, meta_key, pending_key, record_key
+from jobql.jobs import JobState, messages_key, meta_key, pending_key, record_key
 from jobql.store import JobStore
 
 if TYPE_CHECKING:
@@ -60,6 +60,27 @@ async def test_enqueue_sent_again_queues_the_job_once(store: JobStore, redis: Re
 
     assert await redis.llen(store.queue) == 1
     assert await redis.zcard(pending_key(store.queue)) == 1
+
+
+async def test_enqueue_keeps_the_message_copy_beside_a_compact_record(
+    store: JobStore, redis: Redis
+) -> None:
+    job = await store.enqueue(
+        "welcome_email",
+        "u1",
+        {"recipient": "a@example.com", "username": "A"},
+        delay=timedelta(seconds=30),
+    )
+
+    [raw] = await redis.lrange(store.queue, 0, -1)
+    record = await redis.hgetall(record_key(job.id))
+    assert set(record) == {b"owner", b"kind", b"created_at"}
+    # Small fields only: Redis keeps the record in its compact encoding.
+    assert await redis.object("encoding", record_key(job.id)) in (b"ziplist", b"listpack")
+    assert await redis.hget(messages_key(store.queue), job.id) == raw
+    # Pending from when its message was pushed, not from when it may start.
+    score = await redis.zscore(pending_key(store.queue), job.id)
+    assert score == pytest.approx(job.created_at.timestamp())
 
 
 async def test_delayed_job_carries_an_eta(store: JobStore, redis: Redis) -> None:

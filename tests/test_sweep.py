@@ -11,7 +11,7 @@ import pytest
 import redis
 
 from jobql.jobs import JobState, meta_key, new_job_id, new_record, record_key, utcnow
-from jobql.tasks.sweep import job_is_over, sweep
+from jobql.tasks.sweep import BATCH, jobs_over, sweep
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -42,6 +42,10 @@ def dirs(tmp_path: Path) -> tuple[Path, Path]:
 # --- sweep ----------------------------------------------------------------------------------
 
 
+def every(job_ids: list[str]) -> set[str]:
+    return set(job_ids)
+
+
 def test_sweep_removes_old_uploads_of_jobs_that_are_over(dirs: tuple[Path, Path]) -> None:
     incoming, avatars = dirs
     over, running, young_over = new_job_id(), new_job_id(), new_job_id()
@@ -50,11 +54,11 @@ def test_sweep_removes_old_uploads_of_jobs_that_are_over(dirs: tuple[Path, Path]
     young = touch(incoming / f"{young_over}.upload", YOUNG)
     asked: list[str] = []
 
-    def is_over(job_id: str) -> bool:
-        asked.append(job_id)
-        return job_id in (over, young_over)
+    def are_over(job_ids: list[str]) -> set[str]:
+        asked.extend(job_ids)
+        return set(job_ids) & {over, young_over}
 
-    removed = sweep(incoming, [avatars], MIN_AGE, is_over, now=NOW)
+    removed = sweep(incoming, [avatars], MIN_AGE, are_over, now=NOW)
 
     assert removed == [old_done]
     assert not old_done.exists()
@@ -71,7 +75,7 @@ def test_sweep_removes_old_temp_avatars_and_keeps_the_rest(dirs: tuple[Path, Pat
     finished = touch(avatars / f"{job_id}.webp", OLD)
     not_hidden = touch(avatars / f"{new_job_id()}.tmp", OLD)
 
-    removed = sweep(incoming, [avatars], MIN_AGE, lambda _: True, now=NOW)
+    removed = sweep(incoming, [avatars], MIN_AGE, every, now=NOW)
 
     assert removed == [old_tmp]
     assert not old_tmp.exists()
@@ -84,7 +88,7 @@ def test_sweep_touches_only_upload_files_in_incoming(dirs: tuple[Path, Path]) ->
     hidden_tmp = touch(incoming / ".something.tmp", OLD)
     upload = touch(incoming / f"{new_job_id()}.upload", OLD)
 
-    removed = sweep(incoming, [avatars], MIN_AGE, lambda _: True, now=NOW)
+    removed = sweep(incoming, [avatars], MIN_AGE, every, now=NOW)
 
     assert removed == [upload]
     assert other.exists() and hidden_tmp.exists()
@@ -95,7 +99,7 @@ def test_sweep_of_both_kinds_returns_everything_it_removed(dirs: tuple[Path, Pat
     uploads = {touch(incoming / f"{new_job_id()}.upload", OLD) for _ in range(3)}
     temps = {touch(avatars / f".{new_job_id()}.png.tmp", OLD) for _ in range(2)}
 
-    removed = sweep(incoming, [avatars], MIN_AGE, lambda _: True, now=NOW)
+    removed = sweep(incoming, [avatars], MIN_AGE, every, now=NOW)
 
     assert len(removed) == 5
     assert set(removed) == uploads | temps
@@ -106,7 +110,7 @@ def test_sweep_with_nothing_to_do_removes_nothing(dirs: tuple[Path, Path]) -> No
     incoming, avatars = dirs
     young = touch(incoming / f"{new_job_id()}.upload", YOUNG)
 
-    assert sweep(incoming, [avatars], MIN_AGE, lambda _: True, now=NOW) == []
+    assert sweep(incoming, [avatars], MIN_AGE, every, now=NOW) == []
     assert young.exists()
 
 
@@ -115,13 +119,13 @@ def test_sweep_uses_the_clock_when_now_is_not_given(dirs: tuple[Path, Path]) -> 
     old = touch(incoming / f"{new_job_id()}.upload", time.time() - MIN_AGE - 60)
     fresh = touch(incoming / f"{new_job_id()}.upload", time.time())
 
-    removed = sweep(incoming, [avatars], MIN_AGE, lambda _: True)
+    removed = sweep(incoming, [avatars], MIN_AGE, every)
 
     assert removed == [old]
     assert fresh.exists()
 
 
-# --- job_is_over ----------------------------------------------------------------------------
+# --- jobs_over ------------------------------------------------------------------------------
 
 
 @pytest.fixture
@@ -151,7 +155,7 @@ def write_meta(client: redis.Redis, job_id: str, state: JobState, result: object
 def test_job_without_a_record_is_over(client: redis.Redis, job_id: str) -> None:
     assert client.exists(record_key(job_id)) == 0
 
-    assert job_is_over(client, job_id) is True
+    assert jobs_over(client, [job_id]) == {job_id}
 
 
 def test_job_without_a_record_but_with_running_meta_is_over(
@@ -160,13 +164,13 @@ def test_job_without_a_record_but_with_running_meta_is_over(
     # The record expired: nobody can ask for this job any more.
     write_meta(client, job_id, JobState.PROGRESS, {"progress": 50})
 
-    assert job_is_over(client, job_id) is True
+    assert jobs_over(client, [job_id]) == {job_id}
 
 
 def test_job_with_a_record_and_no_meta_is_not_over(client: redis.Redis, job_id: str) -> None:
     write_record(client, job_id)
 
-    assert job_is_over(client, job_id) is False
+    assert jobs_over(client, [job_id]) == set()
 
 
 @pytest.mark.parametrize(
@@ -184,7 +188,7 @@ def test_job_with_a_record_and_running_meta_is_not_over(
     write_record(client, job_id)
     write_meta(client, job_id, state, result)
 
-    assert job_is_over(client, job_id) is False
+    assert jobs_over(client, [job_id]) == set()
 
 
 @pytest.mark.parametrize(
@@ -201,24 +205,53 @@ def test_job_with_a_record_and_terminal_meta_is_over(
     write_record(client, job_id)
     write_meta(client, job_id, state, result)
 
-    assert job_is_over(client, job_id) is True
+    assert jobs_over(client, [job_id]) == {job_id}
 
 
-def test_job_is_over_drives_sweep(
-    client: redis.Redis, job_id: str, dirs: tuple[Path, Path]
-) -> None:
+def test_jobs_over_drives_sweep(client: redis.Redis, job_id: str, dirs: tuple[Path, Path]) -> None:
     incoming, avatars = dirs
     running = touch(incoming / f"{job_id}.upload", OLD)
     orphan = touch(incoming / f"{new_job_id()}.upload", OLD)  # no record at all
     write_record(client, job_id)
     write_meta(client, job_id, JobState.PROGRESS, {"progress": 10})
 
-    removed = sweep(incoming, [avatars], MIN_AGE, lambda j: job_is_over(client, j), now=NOW)
+    removed = sweep(incoming, [avatars], MIN_AGE, lambda ids: jobs_over(client, ids), now=NOW)
 
     assert removed == [orphan]
     assert running.exists()
 
     write_meta(client, job_id, JobState.SUCCESS, {"url": "/media/avatars/x.webp"})
-    assert sweep(incoming, [avatars], MIN_AGE, lambda j: job_is_over(client, j), now=NOW) == [
+    assert sweep(incoming, [avatars], MIN_AGE, lambda ids: jobs_over(client, ids), now=NOW) == [
         running
     ]
+
+
+def test_sweep_looks_jobs_up_a_batch_at_a_time(dirs: tuple[Path, Path]) -> None:
+    incoming, avatars = dirs
+    uploads = {touch(incoming / f"{new_job_id()}.upload", OLD) for _ in range(2 * BATCH + 1)}
+    batches: list[int] = []
+
+    def are_over(job_ids: list[str]) -> set[str]:
+        batches.append(len(job_ids))
+        return set(job_ids)
+
+    removed = sweep(incoming, [avatars], MIN_AGE, are_over, now=NOW)
+
+    assert set(removed) == uploads
+    assert batches == [BATCH, BATCH, 1]
+
+
+def test_jobs_over_answers_for_many_jobs_in_one_call(client: redis.Redis) -> None:
+    running, finished, unknown = new_job_id(), new_job_id(), new_job_id()
+    for job_id in (running, finished):
+        write_record(client, job_id)
+    write_meta(client, running, JobState.PROGRESS, {"progress": 10})
+    write_meta(client, finished, JobState.FAILURE, None)
+    try:
+        assert jobs_over(client, [running, finished, unknown]) == {finished, unknown}
+    finally:
+        client.delete(*(key(j) for j in (running, finished) for key in (record_key, meta_key)))
+
+
+def test_sweep_of_folders_that_do_not_exist_removes_nothing(tmp_path: Path) -> None:
+    assert sweep(tmp_path / "incoming", [tmp_path / "avatars"], MIN_AGE, every, now=NOW) == []

@@ -22,7 +22,7 @@ from celery import states
 from celery.backends.redis import RedisBackend
 from celery.exceptions import BackendStoreError
 
-from jobql.jobs import JobState, record_key
+from jobql.jobs import JobState, messages_key, missing_key, pending_key, record_key
 from jobql.stats import STATS_KEY, finished_increments
 
 if TYPE_CHECKING:
@@ -75,10 +75,11 @@ return stored
 """
 )
 
-# KEYS: the job record, its queue's pending set, the meta. ARGV: the start time, this
-# try's deliveries field, the record's expiry, the job id, the meta before and after
-# its attempt number, the meta's expiry, the record's checkpoint field. Returns the
-# attempt number, the checkpoint an earlier delivery saved ('' if none) and the owner.
+# KEYS: the job record, its queue's pending set, the meta, its queue's message copies and
+# missing marks. ARGV: the start time, this try's deliveries field, the record's expiry,
+# the job id, the meta before and after its attempt number, the meta's expiry, the
+# record's checkpoint field. Returns the attempt number, the checkpoint an earlier
+# delivery saved ('' if none) and the owner.
 START = (
     _STORE
     + """
@@ -87,7 +88,8 @@ local attempt = redis.call('HINCRBY', KEYS[1], ARGV[2], 1)
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 -- A worker holds the message now: recovery's copy of it is not needed.
 redis.call('ZREM', KEYS[2], ARGV[4])
-redis.call('HDEL', KEYS[1], 'message', 'missing_since')
+redis.call('HDEL', KEYS[4], ARGV[4])
+redis.call('HDEL', KEYS[5], ARGV[4])
 store(KEYS[3], ARGV[5] .. attempt .. ARGV[6], ARGV[7])
 local checkpoint = redis.call('HGET', KEYS[1], ARGV[8]) or ''
 return {attempt, checkpoint, redis.call('HGET', KEYS[1], 'owner') or ''}
@@ -127,7 +129,7 @@ class JobResultBackend(RedisBackend):
         task_id: str,
         request: Any,
         *,
-        pending: str,
+        queue: str,
         started_at: str,
         deliveries_field: str,
         **result: Any,
@@ -138,7 +140,8 @@ class JobResultBackend(RedisBackend):
         meta = self._meta(task_id, result, states.STARTED, None, request)
         before, mark, after = self._encode_text(meta).partition(json.dumps(ATTEMPT_MARK))
         assert mark, "the STARTED meta lost its attempt mark"
-        keys = [record_key(task_id), pending, self.get_key_for_task(task_id)]
+        keys = [record_key(task_id), pending_key(queue), self.get_key_for_task(task_id)]
+        keys += [messages_key(queue), missing_key(queue)]
         argv = [started_at, deliveries_field, int(self.expires or 0), task_id, before, after]
         argv += [int(self.expires or 0), CHECKPOINT]
         attempt, checkpoint, owner = self.ensure(self._start, (keys, argv))

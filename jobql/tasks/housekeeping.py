@@ -10,8 +10,8 @@ from celery import bootsteps
 
 from jobql.files import ResultFiles
 from jobql.stats import HEARTBEAT_SECONDS, WORKERS_KEY
-from jobql.tasks.recovery import recover_lost_jobs
-from jobql.tasks.sweep import job_exists, job_is_over, sweep, sweep_job_dirs
+from jobql.tasks.recovery import recover_lost_jobs, take_lease
+from jobql.tasks.sweep import jobs_exist, jobs_over, sweep, sweep_job_dirs
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -22,6 +22,11 @@ if TYPE_CHECKING:
     from jobql.settings import Settings
 
 logger = logging.getLogger(__name__)
+
+# Of the recovery period, how long a worker's lease lasts: shorter than the period, so
+# that the worker whose timer fires next finds it free.
+LEASE_SHARE = 0.9
+RECOVER_BATCHES = 40  # at most this many short script calls a period
 
 
 def housekeeping_step(
@@ -71,12 +76,12 @@ def housekeeping_step(
                     settings.incoming_dir,
                     list(files.file_dirs(kinds.file_areas)),
                     settings.sweep_min_age,
-                    lambda job_id: job_is_over(client(), job_id),
+                    lambda job_ids: jobs_over(client(), job_ids),
                 )
                 removed += sweep_job_dirs(
                     files.job_dirs(kinds.file_areas),
                     settings.sweep_min_age,
-                    lambda job_id: job_exists(client(), job_id),
+                    lambda job_ids: jobs_exist(client(), job_ids),
                 )
             except Exception:  # tried again at the next tick
                 logger.exception("Sweeping leftover files failed")
@@ -85,11 +90,16 @@ def housekeeping_step(
                 logger.info("Swept %d leftover files", len(removed))
 
         def recover(self) -> None:
+            period = settings.recover_after / 2
             try:
+                # One worker a period does it: the cost does not grow with the workers.
+                if not take_lease(client(), self.worker_name, period * LEASE_SHARE):
+                    return
                 recovered = recover_lost_jobs(
                     client(),
                     older_than=settings.recover_after,
-                    confirm_after=settings.recover_after / 2,
+                    confirm_after=period,
+                    batches=RECOVER_BATCHES,
                 )
             except Exception:  # tried again at the next tick
                 logger.exception("Looking for lost jobs failed")

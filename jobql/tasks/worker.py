@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, cast
 from celery import Celery, Task, bootsteps, signals
 
 from jobql.files import ResultFiles
-from jobql.jobs import DEFAULT_QUEUE, JobFailed, JobState, pending_key, utcnow
+from jobql.jobs import DEFAULT_QUEUE, JobFailed, JobState, utcnow
 from jobql.kinds import Kind, RetryLater, TaskContext
 from jobql.logs import configure_logging, current_job_id
 from jobql.registry import check_agreement
@@ -58,7 +58,7 @@ class JobTask(Task):  # type: ignore[type-arg]
         delivery = backend.mark_as_started_delivery(
             task_id,
             self.request,
-            pending=pending_key(self.queue_name),
+            queue=self.queue_name,
             started_at=utcnow().isoformat(),
             deliveries_field=f"deliveries:{self.request.retries}",
             pid=os.getpid(),
