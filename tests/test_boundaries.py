@@ -119,6 +119,7 @@ def test_the_module_list_is_complete() -> None:
         "jobql.dev",
         "jobql.processes",
         "jobql.redis_server",
+        "jobql.tasks.purge",  # `jobql purge`
     }
     assert set(all_modules()) - WEB - WORKER - own == set()
 
