@@ -24,7 +24,7 @@ from redis import Redis
 
 from bench.harness import SECRET_KEY, Bench
 from jobql.connections import create_redis
-from jobql.jobs import DEFAULT_QUEUE, Dedupe, messages_key, pending_key, record_key
+from jobql.jobs import DEFAULT_QUEUE, Dedupe, messages_key, owner_key, pending_key, record_key
 from jobql.settings import Settings
 from jobql.store import JobStore
 from jobql.tasks.recovery import UNACKED_INDEX_KEY, UNACKED_KEY
@@ -38,6 +38,7 @@ AT_ONCE = 5_000
 TAKEN = 2_000
 LOST = 10
 PING_EVERY = 0.010
+OWNER = "bench"  # one owner: all the jobs in one owner index
 
 
 async def fill(url: str, count: int) -> list[str]:
@@ -50,7 +51,7 @@ async def fill(url: str, count: int) -> list[str]:
             *(
                 store.enqueue(
                     "welcome_email",
-                    "bench",
+                    OWNER,
                     {"recipient": f"deep-{n}@example.com", "username": "Deep"},
                     dedupe=Dedupe(f"jobql:welcome:deep-{n}@example.com", timedelta(hours=24)),
                 )
@@ -127,6 +128,7 @@ async def depth(bench: Bench, size: Size) -> dict[str, Any]:
             "message_copy_bytes": per_job(client, messages_key(DEFAULT_QUEUE), size.backlog),
             "pending_index_bytes": per_job(client, pending_key(DEFAULT_QUEUE), size.backlog),
             "message_bytes": per_job(client, DEFAULT_QUEUE, size.backlog),
+            "owner_index_bytes": per_job(client, owner_key(OWNER), size.backlog),
         }
         taken = min(TAKEN, size.backlog // 10)
         take_and_die(client, taken, LOST)
