@@ -9,6 +9,7 @@ import sys
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+from jobql.auth import DEFAULT_TTL
 from jobql.registry import BadKindModule, KindsDisagree, load_kinds
 from jobql.settings import MissingSecretKey, Settings
 
@@ -78,7 +79,12 @@ def _parser(kinds: Kinds) -> argparse.ArgumentParser:
         default=[],
         help="a scope to grant, e.g. email:send (repeatable)",
     )
-    token.add_argument("--ttl", type=int, default=None, help="seconds until it expires")
+    token.add_argument(
+        "--ttl",
+        type=int,
+        default=int(DEFAULT_TTL.total_seconds()),
+        help="seconds until it expires (default: 3600)",
+    )
     token.set_defaults(run=_token)
 
     schema = commands.add_parser("schema", help="print the GraphQL schema (SDL)")
@@ -120,6 +126,8 @@ def _client_options(parser: argparse.ArgumentParser, wait: bool = True) -> None:
 
 
 def _web(args: argparse.Namespace, extra: list[str]) -> int:
+    from jobql.app import MAX_JSON_BODY_BYTES
+    from jobql.http_deadline import header_deadline_protocol
     from jobql.logs import configure_logging
     from jobql.processes import serve
     from jobql.registry import check_agreement
@@ -141,6 +149,9 @@ def _web(args: argparse.Namespace, extra: list[str]) -> int:
         # A ping a minute still finds dead clients; every 20 s, 10,000 clients make 500
         # pings a second, and each one delays whatever else the event loop had to do.
         ws_ping_interval=60.0,
+        # A WebSocket message is read whole before anyone looks at it: no larger than a body.
+        ws_max_size=MAX_JSON_BODY_BYTES,
+        http=header_deadline_protocol(settings.request_timeout),
     )
 
 
@@ -156,7 +167,10 @@ def _token(args: argparse.Namespace, extra: list[str]) -> int:
     from jobql.auth import issue_token
 
     scopes = tuple(scope for value in args.scope for scope in value.split())
-    ttl = timedelta(seconds=args.ttl) if args.ttl else None
+    if args.ttl <= 0:
+        print("jobql token: --ttl must be a positive number of seconds", file=sys.stderr)
+        return 2
+    ttl = timedelta(seconds=args.ttl)
     print(issue_token(Settings().require_secret_key(), args.user, scopes, ttl))
     return 0
 

@@ -88,7 +88,7 @@ def test_unsigned_token_is_invalid(alg: str) -> None:
 
 
 def test_pyjwt_none_token_is_invalid() -> None:
-    token = jwt.encode({"sub": "admin", "scope": SCOPE_SEND_EMAIL}, None, algorithm="none")
+    token = jwt.encode({"sub": "admin", "scope": SCOPE_SEND_EMAIL}, "", algorithm="none")
     with pytest.raises(InvalidToken):
         decode_token(SECRET, token)
 
