@@ -126,6 +126,7 @@ def make(ctx: TaskContext, payload: AvatarPayload) -> AvatarResult:
                 quality=payload.quality,
                 image_format=payload.image_format,
                 max_pixels=ctx.settings.max_image_pixels,
+                max_decoded_bytes=ctx.settings.max_decoded_image_bytes,
                 progress=ctx.report_progress,
             )
         if ctx.attempt > 1:
