@@ -5,7 +5,9 @@ uvicorn calls the application only once a request's headers are complete, and wa
 as long as a client trickles them in: a connection that sends a header byte a second, or nothing
 at all after connecting, is held for ever. Here each request's headers must be complete within
 `JOBQL_REQUEST_TIMEOUT` of its first byte (of the connection, for the first request); then the
-connection is answered 408 and closed. The body's deadline is the ASGI side's (`RequestGuard`).
+connection is answered 408 and closed. The body's deadline is the ASGI side's (`RequestGuard`),
+but once an answer has gone out before the body was read (a refusal), uvicorn reads and drops
+the rest of it for as long as it comes: that too must end within the same time.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self.header_timeout = header_timeout
         self._header_deadline: asyncio.TimerHandle | None = None
+        self._draining = False  # an answer went out before the request's body was read
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -39,11 +42,18 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self._draining = False
         self._arm()
 
     def on_headers_complete(self) -> None:
         self._disarm()
         super().on_headers_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self.cycle is not None and self.cycle.more_body:  # the body is still coming
+            self._draining = True
+            self._arm()
 
     def _arm(self) -> None:
         if self._header_deadline is None:
@@ -56,9 +66,11 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
 
     def _timed_out(self) -> None:
         self._header_deadline = None
-        if not self.transport.is_closing():
+        if self.transport.is_closing():
+            return
+        if not self._draining:
             self.transport.write(REQUEST_TIMEOUT_RESPONSE)
-            self.transport.close()
+        self.transport.close()
 
 
 def header_deadline_protocol(header_timeout: float) -> Any:

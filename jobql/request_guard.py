@@ -5,8 +5,8 @@ not deserve it.
   must also keep up `JOBQL_MIN_UPLOAD_RATE` once it is a few seconds old.
 - An upload's token is checked before a byte of its body is read, and each user may have
   `JOBQL_MAX_UPLOADS_PER_USER` uploads in flight (the process, `JOBQL_MAX_UPLOADS`).
-- A refused body is answered the way GraphQL clients read errors, with `Connection: close`
-  (the rest of it is never read), and uploads nobody claimed are removed.
+- A refused body is answered the way GraphQL clients read errors, and uploads nobody claimed
+  are removed.
 """
 
 from __future__ import annotations
@@ -53,7 +53,10 @@ class BodyTooLarge(Refused):
 
 class TooSlow(Refused):
     def __init__(self, message: str) -> None:
-        super().__init__(message, code="REQUEST_TIMEOUT", status=408)
+        # The connection goes with the answer: what is left of the body is not waited for.
+        super().__init__(
+            message, code="REQUEST_TIMEOUT", status=408, headers={"Connection": "close"}
+        )
 
 
 class Overloaded(Refused):
@@ -214,9 +217,10 @@ class _UploadSlot:
 
 def _refusal(exc: FormRejected) -> JSONResponse:
     """A request refused before any GraphQL ran, answered the way GraphQL clients read errors.
-    The connection is closed after it: the rest of the body is not worth reading."""
+    uvicorn reads and drops what is left of the body (so that the client reads the answer, not
+    a reset), for at most `JOBQL_REQUEST_TIMEOUT` (`jobql.http_deadline`)."""
     extensions: dict[str, object] = {"code": exc.code}
-    headers = {"Connection": "close"}
+    headers: dict[str, str] = {}
     if isinstance(exc, Refused):
         headers.update(exc.headers)
         if "Retry-After" in exc.headers:

@@ -9,6 +9,7 @@ from datetime import timedelta
 
 import jwt
 import pytest
+from pydantic import SecretStr
 
 from jobql.auth import (
     ALGORITHM,
@@ -20,6 +21,7 @@ from jobql.auth import (
     issue_token,
 )
 from jobql.jobs import utcnow
+from jobql.settings import MissingSecretKey, Settings
 
 SECRET = "unit-test-secret-key-that-is-long-enough-for-hs256"
 OTHER_SECRET = "another-secret-key-that-is-also-long-enough-for-hs256"
@@ -195,3 +197,52 @@ def test_a_token_seen_before_is_answered_from_the_cache_until_it_expires() -> No
     first = verifier.verify(token)
     assert verifier.verify(token) is first
     assert verifier.principal(f"Bearer {token}") is first
+
+
+# --- expiry, subjects, keys -----------------------------------------------------------------
+
+
+def test_a_token_without_exp_is_refused_unless_allowed() -> None:
+    token = issue_token(SECRET, "forever", ttl=None)
+    with pytest.raises(InvalidToken, match="'exp'"):
+        TokenVerifier(SECRET).verify(token)
+    principal = TokenVerifier(SECRET, require_exp=False).verify(token)
+    assert principal.user_id == "forever"
+    assert principal.expires_at is None
+
+
+def test_issued_tokens_expire_after_an_hour_by_default() -> None:
+    claims = jwt.decode(issue_token(SECRET, "u"), SECRET, algorithms=["HS256"])
+    assert claims["exp"] - claims["iat"] == 3600
+
+
+def test_the_principal_knows_when_its_token_expires() -> None:
+    principal = TokenVerifier(SECRET).verify(issue_token(SECRET, "u", ttl=timedelta(seconds=90)))
+    assert principal.expires_at is not None
+    assert 80 < principal.expires_at - time.time() <= 90
+    assert not principal.expired()
+
+
+@pytest.mark.parametrize(
+    "user_id",
+    ["", " ", "   ", "x" * 256, "x" * 10_000, "a\x00b", "line\nbreak", "tab\there", "\u202e"],
+    ids=["empty", "space", "spaces", "256", "10k", "nul", "newline", "tab", "rlo"],
+)
+def test_a_sub_that_is_not_1_to_255_printable_characters_is_refused(user_id: str) -> None:
+    with pytest.raises(InvalidToken, match="1 to 255 printable"):
+        TokenVerifier(SECRET).verify(issue_token(SECRET, user_id))
+
+
+@pytest.mark.parametrize("user_id", ["a", "x" * 255, "user 42", "ünïcode"])
+def test_a_sub_of_1_to_255_printable_characters_is_accepted(user_id: str) -> None:
+    assert TokenVerifier(SECRET).verify(issue_token(SECRET, user_id)).user_id == user_id
+
+
+@pytest.mark.parametrize("key", ["x", "short-key", "k" * 31, "é" * 15])
+def test_a_secret_key_under_32_bytes_is_refused(key: str) -> None:
+    with pytest.raises(MissingSecretKey, match="at least 32"):
+        Settings(secret_key=SecretStr(key)).require_secret_key()
+
+
+def test_a_secret_key_of_32_bytes_is_accepted() -> None:
+    assert Settings(secret_key=SecretStr("k" * 32)).require_secret_key() == "k" * 32

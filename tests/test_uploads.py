@@ -75,7 +75,10 @@ def test_jobql_reads_heic_without_the_caller_registering_anything(tmp_path: Path
     # interpreter shows that importing jobql.uploads is enough.
     path = tmp_path / "photo.upload"
     path.write_bytes(heic())
-    code = "import sys; from jobql.uploads import sniff_image; print(sniff_image(sys.argv[1], 10**6, 10**8))"
+    code = (
+        "import sys; from jobql.uploads import sniff_image; "
+        "print(sniff_image(sys.argv[1], 10**6, 10**8))"
+    )
 
     done = subprocess.run(
         [sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=False
