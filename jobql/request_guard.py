@@ -15,6 +15,7 @@ import asyncio
 from typing import TYPE_CHECKING
 
 from starlette.datastructures import Headers
+from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse
 
 from jobql.admission import RETRY_AFTER_SECONDS
@@ -30,7 +31,8 @@ if TYPE_CHECKING:
 
 UPLOADS = "jobql.uploads"
 MULTIPART_OVERHEAD_BYTES = 256 * 1024
-# An upload's rate is judged from this age on: a connection's first seconds say little.
+# An upload's rate is judged from this age on (or a quarter of the request's deadline, if that
+# is sooner): a connection's first seconds say little.
 MIN_RATE_AFTER_SECONDS = 5.0
 
 
@@ -145,6 +147,8 @@ class RequestGuard:
             await self.app(scope, self._limited(receive, headers, multipart), send_after_cleanup)
         except FormRejected as exc:
             await _refusal(exc)(scope, receive, send_after_cleanup)
+        except ClientDisconnect:
+            pass  # the client went away mid-body: nobody to answer, nothing went wrong here
         finally:
             _remove_unclaimed(uploads)  # and when no answer was sent at all
 
@@ -155,6 +159,7 @@ class RequestGuard:
         loop = asyncio.get_running_loop()
         started = loop.time()
         deadline = started + self.request_timeout
+        judged_after = min(MIN_RATE_AFTER_SECONDS, self.request_timeout / 4)
         received = 0
         complete = False
 
@@ -167,9 +172,7 @@ class RequestGuard:
                 raise BodyTooLarge(limit)
             # The time by which the next chunk must come: the request's deadline, or the
             # moment an upload's average rate would fall below the minimum.
-            slow_at = (
-                started + max(MIN_RATE_AFTER_SECONDS, received / min_rate) if min_rate else deadline
-            )
+            slow_at = started + max(judged_after, received / min_rate) if min_rate else deadline
             try:
                 async with asyncio.timeout_at(min(deadline, slow_at)):
                     message = await receive()
