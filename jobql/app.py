@@ -105,9 +105,13 @@ def create_app(settings: Settings | None = None) -> GraphQLFirst:
     services = Services(
         settings=settings,
         tokens=tokens,
-        store=JobStore(redis, result_expires=settings.result_expires),
+        store=JobStore(
+            redis, result_expires=settings.result_expires, timeout=settings.redis_timeout
+        ),
         watcher=JobWatcher(settings.redis_url, timeout=settings.redis_timeout),
-        rate_limit=MutationRateLimit(redis, settings.redis_url, settings.rate_limit_per_minute),
+        rate_limit=MutationRateLimit(
+            redis, settings.redis_url, settings.rate_limit_per_minute, settings.redis_timeout
+        ),
         kinds=kinds,
         subscriptions=UserQuota(settings.max_subscriptions_per_user, "subscriptions"),
         connections=UserQuota(settings.max_connections_per_user, "WebSocket connections"),

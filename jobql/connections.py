@@ -11,6 +11,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from jobql.deadline import lag_free_timeout
+
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
@@ -20,23 +22,27 @@ if TYPE_CHECKING:
     Caller = tuple[Sequence[Command], asyncio.Future[list[Any]]]
 
 POOL_SIZE = 3
+# redis-py's own timeouts count the event loop's lag: they are only a backstop, this many times
+# JOBQL_REDIS_TIMEOUT, behind the lag-free deadline callers set (`jobql.deadline`).
+BACKSTOP_FACTOR = 10
 
 
 def create_redis(settings: Settings) -> Redis:
     """A small shared pool for commands.
 
-    Short connect and read timeouts, a single immediate retry of a refused
-    connection, and a pool that waits (briefly) for a free connection instead of
-    raising: together they make an unreachable Redis an answer within about one
-    timeout, not a hang and not a spurious error under load.
+    A short connect timeout, a single immediate retry of a refused connection, and a pool
+    that waits for a free connection instead of raising; the time a whole call may take is
+    the caller's lag-free deadline (`AutoPipeline`): together they make an unreachable Redis
+    an answer within about one timeout, not a hang and not a spurious error under load.
     """
+    backstop = settings.redis_timeout * BACKSTOP_FACTOR
     pool = BlockingConnectionPool.from_url(
         settings.redis_url,
         max_connections=POOL_SIZE,
         client_name="jobql-web",
-        timeout=settings.redis_timeout,
+        timeout=backstop,
         socket_connect_timeout=settings.redis_timeout,
-        socket_timeout=settings.redis_timeout,
+        socket_timeout=backstop,
         retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
     )
     return Redis.from_pool(pool)  # the client owns the pool: closing it closes the connections
@@ -54,11 +60,14 @@ class AutoPipeline:
     of every caller that came in the same turn: one round trip on one connection, however
     many requests are in flight. Without it, a small pool serving many concurrent requests
     has them queue for its connections, and that wait sets the tail latency. A caller
-    cancelled before its turn sends nothing.
+    cancelled before its turn sends nothing. With a `timeout`, a round trip (the wait for a
+    connection included) that takes longer, not counting the event loop's lag, raises
+    `TimeoutError` to its callers.
     """
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, timeout: float | None = None) -> None:
         self.redis = redis
+        self.timeout = timeout
         self._waiting: list[Caller] = []
         self._sending: set[asyncio.Task[None]] = set()
 
@@ -85,7 +94,11 @@ class AutoPipeline:
                 for commands, _ in callers:
                     for command in commands:
                         pipe.execute_command(*command)
-                replies = await pipe.execute(raise_on_error=False)
+                if self.timeout is None:
+                    replies = await pipe.execute(raise_on_error=False)
+                else:
+                    async with lag_free_timeout(self.timeout):
+                        replies = await pipe.execute(raise_on_error=False)
         except Exception as exc:
             for _, reply in callers:
                 if not reply.done():

@@ -536,3 +536,71 @@ async def test_a_16_bit_png_too_large_once_decoded_is_refused_at_upload(
     print(f"\n{len(data)} byte PNG: {error['message']}")
     assert error["extensions"]["code"] == "BAD_USER_INPUT"
     assert "once decoded" in error["message"]
+
+
+# --- Load shedding that says what it is (section 3) ------------------------------------------
+
+# A reconnect storm after a deploy, at a size two shared cores open in seconds: every WebSocket
+# of the burst connects, sends connection_init and subscribes at once, with no batching.
+BURST = 3000
+ADMITTED = 2000
+
+
+async def open_subscription(web: WebServer, bearer: str, job_id: str) -> tuple[str, Any]:
+    """How one client of a burst fared: ("subscribed", its connection), or why not."""
+    try:
+        ws = await websockets.connect(
+            web.ws_url,
+            subprotocols=[Subprotocol(GRAPHQL_TRANSPORT_WS)],
+            open_timeout=120,
+            ping_interval=None,
+        )
+    except (OSError, TimeoutError, websockets.InvalidHandshake) as exc:
+        return f"no connection: {type(exc).__name__}", None
+    try:
+        init = {"type": "connection_init", "payload": {"Authorization": f"Bearer {bearer}"}}
+        await ws.send(json.dumps(init))
+        ack = await receive(ws, timeout=120)
+        if ack["type"] != "connection_ack":
+            return f"init: {ack}", ws
+        await subscribe(ws, GRAPHQL_TRANSPORT_WS, "1", job_id)
+        first = await receive(ws, timeout=120)
+    except websockets.ConnectionClosed as closed:
+        return f"closed {closed.rcvd.code if closed.rcvd else None}", ws
+    except TimeoutError:
+        return "no answer", ws
+    code = error_code(first)
+    return ("subscribed" if code is None else code), ws
+
+
+async def test_a_burst_of_websockets_gets_subscriptions_or_try_again_later_never_unavailable(
+    make_settings: Callable[..., Settings], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    settings = make_settings(
+        max_connections=ADMITTED,
+        max_connections_per_user=BURST,
+        max_subscriptions_per_user=BURST,
+    )
+    web = start_web(settings, tmp_path_factory.mktemp("logs") / "burst-web.log")
+    try:
+        who = "storm"
+        job_id = await pending_job(web, who)
+        bearer = token(who)
+        started = time.perf_counter()
+        outcomes = await asyncio.gather(
+            *(open_subscription(web, bearer, job_id) for _ in range(BURST))
+        )
+        elapsed = time.perf_counter() - started
+        counted: dict[str, int] = {}
+        for outcome, _ in outcomes:
+            counted[outcome] = counted.get(outcome, 0) + 1
+        await asyncio.gather(*(ws.close() for _, ws in outcomes if ws is not None))
+        http_over = await post(httpx.AsyncClient(), web, "{ __typename }", bearer)
+    finally:
+        web.process.stop()
+
+    print(f"\n{BURST} WebSockets at once, admission limit {ADMITTED}: {counted} in {elapsed:.1f} s")
+    assert counted.get("SERVICE_UNAVAILABLE", 0) == 0
+    assert counted.get("subscribed", 0) == ADMITTED
+    assert counted.get("closed 1013", 0) == BURST - ADMITTED
+    assert http_over[1].json() == {"data": {"__typename": "Query"}}  # all closed: admitted again
