@@ -31,6 +31,7 @@ from jobql.multipart import FormLimits
 from jobql.provider_keys import ProviderKeys
 from jobql.quotas import UserQuota
 from jobql.rate_limit import MutationRateLimit
+from jobql.reclaim import Reclaimer
 from jobql.registry import load_kinds
 from jobql.request_guard import RequestGuard
 from jobql.resolvers.context import Services
@@ -115,6 +116,7 @@ def create_app(settings: Settings | None = None) -> GraphQLFirst:
         kinds=kinds,
         subscriptions=UserQuota(settings.max_subscriptions_per_user, "subscriptions"),
         connections=UserQuota(settings.max_connections_per_user, "WebSocket connections"),
+        reclaimer=Reclaimer(),
     )
     files = ResultFiles(settings.media_root)
     settings.incoming_dir.mkdir(parents=True, exist_ok=True)

@@ -18,6 +18,9 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
 TICKS = 4
+# redis-py's own timeouts count the event loop's lag: where a lag-free deadline covers a call,
+# they are only a backstop, this many times longer.
+BACKSTOP_FACTOR = 10
 
 
 @contextlib.asynccontextmanager

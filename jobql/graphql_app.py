@@ -144,6 +144,7 @@ class JobqlGraphQL(GraphQL[Context, None]):
             finally:
                 if context.connection_user is not None:
                     self.services.connections.release(context.connection_user)
+                self.services.reclaimer.closed()
         try:
             return await super().run(request, context, root_value)
         except HTTPException as exc:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from redis.asyncio import ConnectionPool
 from redis.exceptions import RedisError
 
-from jobql.deadline import lag_free_timeout
+from jobql.deadline import BACKSTOP_FACTOR, lag_free_timeout
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -73,7 +73,8 @@ class JobWatcher:
             redis_url,
             protocol=2,
             client_name="jobql-watch",
-            socket_connect_timeout=timeout,
+            # The watcher's own deadlines don't count the event loop's lag; redis-py's would.
+            socket_connect_timeout=timeout * BACKSTOP_FACTOR,
             # A Redis host that vanished is found by the kernel's probes, which are not
             # Redis commands: a watcher with nothing to hear sends Redis nothing.
             socket_keepalive=True,

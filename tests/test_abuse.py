@@ -10,6 +10,7 @@ import statistics
 import time
 import uuid
 from datetime import timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -17,8 +18,8 @@ import pytest
 import websockets
 from websockets.typing import Subprotocol
 
-from jobql.auth import issue_token
-from jobql.client import JOB_QUERY, JOB_SUBSCRIPTION
+from jobql.auth import SCOPE_SEND_EMAIL, issue_token
+from jobql.client import JOB_QUERY, JOB_SUBSCRIPTION, SEND_WELCOME
 from tests.conftest import SECRET_KEY, token
 from tests.graphql_clients import GRAPHQL_TRANSPORT_WS, GRAPHQL_WS
 from tests.hostile_clients import (
@@ -604,3 +605,167 @@ async def test_a_burst_of_websockets_gets_subscriptions_or_try_again_later_never
     assert counted.get("subscribed", 0) == ADMITTED
     assert counted.get("closed 1013", 0) == BURST - ADMITTED
     assert http_over[1].json() == {"data": {"__typename": "Query"}}  # all closed: admitted again
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+async def test_memory_comes_back_when_connections_close(
+    make_settings: Callable[..., Settings], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Cycles of 2,000 subscriptions (20 users x 10 WebSockets x 10) opened and closed: what
+    the process holds after each cycle must not grow from one cycle to the next."""
+    web = start_web(make_settings(), tmp_path_factory.mktemp("logs") / "memory-web.log")
+    users = [f"memory-{n}-{uuid.uuid4().hex[:6]}" for n in range(20)]
+    try:
+        jobs = {who: await pending_job(web, who) for who in users}
+        baseline = rss_mib(web.process.popen.pid)
+        peaks, after = [], []
+        for _ in range(4):
+            connections = []
+            for who in users:
+                for _ in range(10):
+                    ws = await accepted(web, GRAPHQL_TRANSPORT_WS, token(who))
+                    connections.append(ws)
+                    for op in range(10):
+                        await subscribe(ws, GRAPHQL_TRANSPORT_WS, str(op), jobs[who])
+            for ws in connections:
+                for _ in range(10):
+                    message = await receive(ws)
+                    assert message["type"] == "next" and error_code(message) is None, message
+            peaks.append(rss_mib(web.process.popen.pid))
+            await asyncio.gather(*(ws.close() for ws in connections))
+            await asyncio.sleep(1.0)
+            after.append(rss_mib(web.process.popen.pid))
+    finally:
+        web.process.stop()
+
+    print(
+        f"\nRSS: {baseline:.0f} MiB before; with 2,000 subscriptions open "
+        f"{', '.join(f'{p:.0f}' for p in peaks)} MiB; after each close "
+        f"{', '.join(f'{a:.0f}' for a in after)} MiB"
+    )
+    growth = (after[-1] - after[0]) / (peaks[0] - baseline)
+    print(f"growth over three more cycles: {growth:.2f} of what the first one took")
+    assert growth < 0.15, growth  # later cycles reuse what the first one took
+
+
+async def test_another_user_is_served_as_fast_while_one_sits_at_every_cap(
+    make_settings: Callable[..., Settings], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    settings = make_settings(rate_limit_per_minute=30, min_upload_rate=0)
+    web = start_web(settings, tmp_path_factory.mktemp("logs") / "fair-web.log")
+    try:
+        async with httpx.AsyncClient(timeout=30) as client:
+            unloaded = await victim_timings(client, web, "calm")
+            attacker = await sit_at_every_cap(client, web, settings)
+            try:
+                loaded = await victim_timings(client, web, "loaded")
+            finally:
+                await attacker.stop()
+    finally:
+        web.process.stop()
+
+    unloaded_p99, loaded_p99 = p99(unloaded), p99(loaded)
+    print(
+        f"\nanother user's query and mutation, p99: {unloaded_p99 * 1000:.1f} ms unloaded, "
+        f"{loaded_p99 * 1000:.1f} ms while one user sits at every cap "
+        f"({attacker.refusals} of the attacker's attempts refused meanwhile: {attacker.codes})"
+    )
+    assert attacker.codes >= {"RATE_LIMITED"}
+    assert loaded_p99 <= 2 * unloaded_p99
+
+
+def p99(timings: list[float]) -> float:
+    return statistics.quantiles(timings, n=100)[98]
+
+
+async def victim_timings(client: httpx.AsyncClient, web: WebServer, phase: str) -> list[float]:
+    timings = []
+    for n in range(150):
+        who = f"victim-{phase}-{n // 20}"  # under the rate limit
+        elapsed, response = await post(
+            client, web, JOB_QUERY, token(who), variables={"id": str(uuid.uuid4())}
+        )
+        assert response.json() == {"data": {"job": None}}
+        timings.append(elapsed)
+        elapsed, response = await post(
+            client,
+            web,
+            SEND_WELCOME,
+            token(who, SCOPE_SEND_EMAIL),
+            variables={"email": f"v-{uuid.uuid4().hex}@example.com", "username": "V"},
+        )
+        assert response.json()["data"]["sendWelcomeEmail"]["state"] == "PENDING", response.text
+        timings.append(elapsed)
+    return timings
+
+
+class Attacker:
+    """One user at every cap, trying for more all the while."""
+
+    def __init__(self) -> None:
+        self.held: list[Any] = []
+        self.refusals = 0
+        self.codes: set[str] = set()
+        self.trying: asyncio.Task[None] | None = None
+
+    async def stop(self) -> None:
+        if self.trying is not None:
+            self.trying.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.trying
+        for held in self.held:
+            with contextlib.suppress(Exception):
+                await held.close() if hasattr(held, "recv") else held.close()
+
+
+async def sit_at_every_cap(
+    client: httpx.AsyncClient, web: WebServer, settings: Settings
+) -> Attacker:
+    attacker = Attacker()
+    who = "greedy"
+    job_id = await pending_job(web, who)
+    per_connection = -(-settings.max_subscriptions_per_user // settings.max_connections_per_user)
+    opened = 0
+    for _ in range(settings.max_connections_per_user):
+        ws = await accepted(web, GRAPHQL_TRANSPORT_WS, token(who))
+        attacker.held.append(ws)
+        for op in range(min(per_connection, settings.max_subscriptions_per_user - opened)):
+            await subscribe(ws, GRAPHQL_TRANSPORT_WS, str(op), job_id)
+            opened += 1
+    for _ in range(settings.max_uploads_per_user):
+        _, writer = await raw_http(web.port, upload_head(web.port, who))
+        writer.write(UPLOAD_HEAD)
+        attacker.held.append(writer)
+    for n in range(settings.rate_limit_per_minute):
+        await post(
+            client,
+            web,
+            SEND_WELCOME,
+            token(who, SCOPE_SEND_EMAIL),
+            variables={"email": f"g{n}-{uuid.uuid4().hex}@example.com", "username": "G"},
+        )
+
+    async def keep_trying() -> None:
+        last = attacker.held[0]
+        while True:  # a subscription, a mutation and a connection over the caps, in turn
+            await subscribe(last, GRAPHQL_TRANSPORT_WS, f"more-{attacker.refusals}", job_id)
+            _, response = await post(
+                client,
+                web,
+                SEND_WELCOME,
+                token(who, SCOPE_SEND_EMAIL),
+                variables={"email": f"more-{uuid.uuid4().hex}@example.com", "username": "G"},
+            )
+            attacker.codes.update(codes(response))
+            attacker.refusals += 2
+            await asyncio.sleep(0.02)
+
+    attacker.trying = asyncio.create_task(keep_trying())
+    await asyncio.sleep(0.5)
+    return attacker

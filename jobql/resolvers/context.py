@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from jobql.jobs import Dedupe, JobSnapshot
     from jobql.quotas import UserQuota
     from jobql.rate_limit import MutationRateLimit
+    from jobql.reclaim import Reclaimer
     from jobql.registry import Kinds
     from jobql.settings import Settings
     from jobql.store import JobStore
@@ -41,6 +42,7 @@ class Services:
     kinds: Kinds
     subscriptions: UserQuota  # JOBQL_MAX_SUBSCRIPTIONS_PER_USER
     connections: UserQuota  # JOBQL_MAX_CONNECTIONS_PER_USER
+    reclaimer: Reclaimer
 
 
 class Context(BaseContext):
