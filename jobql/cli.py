@@ -126,8 +126,6 @@ def _client_options(parser: argparse.ArgumentParser, wait: bool = True) -> None:
 
 
 def _web(args: argparse.Namespace, extra: list[str]) -> int:
-    from jobql.app import MAX_JSON_BODY_BYTES
-    from jobql.http_deadline import header_deadline_protocol
     from jobql.logs import configure_logging
     from jobql.processes import serve
     from jobql.registry import check_agreement
@@ -136,23 +134,28 @@ def _web(args: argparse.Namespace, extra: list[str]) -> int:
     settings.require_secret_key()
     check_agreement(settings, "web", args.kinds)
     configure_logging(settings.log_json)
-    return serve(
-        args.host,
-        args.port,
-        args.workers,
-        app="jobql.app:create_app",
-        factory=True,
-        access_log=args.access_log,
+    return serve(args.host, args.port, args.workers, **uvicorn_options(settings, args.access_log))
+
+
+def uvicorn_options(settings: Settings, access_log: bool = True) -> dict[str, Any]:
+    """How `jobql web` runs uvicorn (host, port and workers aside)."""
+    from jobql.app import MAX_JSON_BODY_BYTES
+    from jobql.http_deadline import header_deadline_protocol
+
+    return {
+        "app": "jobql.app:create_app",
+        "factory": True,
+        "access_log": access_log,
         # Compressing small JSON frames saves little and costs each WebSocket about
         # 40 KiB of zlib state, which is most of what a subscription costs the server.
-        ws_per_message_deflate=False,
+        "ws_per_message_deflate": False,
         # A ping a minute still finds dead clients; every 20 s, 10,000 clients make 500
         # pings a second, and each one delays whatever else the event loop had to do.
-        ws_ping_interval=60.0,
+        "ws_ping_interval": 60.0,
         # A WebSocket message is read whole before anyone looks at it: no larger than a body.
-        ws_max_size=MAX_JSON_BODY_BYTES,
-        http=header_deadline_protocol(settings.request_timeout),
-    )
+        "ws_max_size": MAX_JSON_BODY_BYTES,
+        "http": header_deadline_protocol(settings.request_timeout),
+    }
 
 
 def _worker(args: argparse.Namespace, extra: list[str]) -> int:

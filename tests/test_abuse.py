@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import statistics
+import sys
 import time
 import uuid
 from datetime import timedelta
@@ -20,6 +21,7 @@ from websockets.typing import Subprotocol
 
 from jobql.auth import SCOPE_SEND_EMAIL, issue_token
 from jobql.client import JOB_QUERY, JOB_SUBSCRIPTION, SEND_WELCOME
+from jobql.redis_server import free_port
 from tests.conftest import SECRET_KEY, token
 from tests.graphql_clients import GRAPHQL_TRANSPORT_WS, GRAPHQL_WS
 from tests.hostile_clients import (
@@ -37,13 +39,12 @@ from tests.hostile_clients import (
 )
 from tests.hostile_documents import NORMAL, fragment_fan, hostile_documents
 from tests.images import sixteen_bit_png
-from tests.support import start_web
+from tests.support import Process, WebServer, settings_env, start_web
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
     from jobql.settings import Settings
-    from tests.support import WebServer
 
 JOB_SUBSCRIPTION_DOC = JOB_SUBSCRIPTION
 
@@ -720,8 +721,10 @@ class Attacker:
             with contextlib.suppress(asyncio.CancelledError):
                 await self.trying
         for held in self.held:
-            with contextlib.suppress(Exception):
-                await held.close() if hasattr(held, "recv") else held.close()
+            closing = held.close()  # a WebSocket's close is a coroutine, a socket's is not
+            if closing is not None:
+                with contextlib.suppress(websockets.ConnectionClosed):
+                    await closing
 
 
 async def sit_at_every_cap(
@@ -753,7 +756,7 @@ async def sit_at_every_cap(
 
     async def keep_trying() -> None:
         last = attacker.held[0]
-        while True:  # a subscription, a mutation and a connection over the caps, in turn
+        while True:  # a subscription and a mutation over the caps, in turn
             await subscribe(last, GRAPHQL_TRANSPORT_WS, f"more-{attacker.refusals}", job_id)
             _, response = await post(
                 client,
@@ -769,3 +772,35 @@ async def sit_at_every_cap(
     attacker.trying = asyncio.create_task(keep_trying())
     await asyncio.sleep(0.5)
     return attacker
+
+
+WS_IMPLEMENTATIONS = ["websockets", "websockets-sansio", "wsproto"]
+
+
+@pytest.mark.parametrize("implementation", WS_IMPLEMENTATIONS)
+async def test_every_websocket_implementation_of_uvicorn_caps_messages(
+    settings: Settings, tmp_path: Path, implementation: str
+) -> None:
+    """`jobql web` runs uvicorn's default (`websockets`); the limit holds whichever is used."""
+    port = free_port()
+    code = (
+        "import sys, uvicorn; from jobql.cli import uvicorn_options; "
+        "from jobql.settings import Settings; "
+        "uvicorn.run(host='127.0.0.1', port=int(sys.argv[1]), ws=sys.argv[2], "
+        "**uvicorn_options(Settings()))"
+    )
+    process = Process(
+        [sys.executable, "-c", code, str(port), implementation],
+        settings_env(settings),
+        tmp_path / "web.log",
+    )
+    try:
+        process.wait_for_log("Uvicorn running")
+        web = WebServer(process, port)
+        small = await accepted(web, GRAPHQL_TRANSPORT_WS, token("sized"))
+        await small.close()
+        big = await connect(web, GRAPHQL_TRANSPORT_WS, "x" * (300 * 1024))
+        code_received = await close_code(big, timeout=10)
+    finally:
+        process.stop()
+    assert code_received == 1009
