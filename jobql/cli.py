@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 EXIT_OK = 0  # SUCCESS, or (without --wait) accepted
 EXIT_JOB_FAILED = 1  # FAILURE or REVOKED; `jobs get` of no such job
 EXIT_USAGE = 2  # bad arguments, or a GraphQL error the server answered with
-EXIT_UNAVAILABLE = 3  # cannot connect, or SERVICE_UNAVAILABLE
+EXIT_UNAVAILABLE = 3  # cannot connect, or SERVICE_UNAVAILABLE or OVERLOADED
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -229,6 +229,7 @@ def _run_client(args: argparse.Namespace, run: Callable[[JobqlClient], Awaitable
 
     from jobql.client import (
         DEFAULT_URL,
+        OVERLOADED,
         SERVICE_UNAVAILABLE,
         ApiError,
         ClientError,
@@ -248,7 +249,8 @@ def _run_client(args: argparse.Namespace, run: Callable[[JobqlClient], Awaitable
         return asyncio.run(main())
     except ApiError as exc:
         print(f"{name}: {exc.code}: {exc.message}{_retry_hint(exc.extensions)}", file=sys.stderr)
-        return EXIT_UNAVAILABLE if exc.code == SERVICE_UNAVAILABLE else EXIT_USAGE
+        unavailable = exc.code in (SERVICE_UNAVAILABLE, OVERLOADED)
+        return EXIT_UNAVAILABLE if unavailable else EXIT_USAGE
     except Unreachable as exc:
         print(f"{name}: {exc}", file=sys.stderr)
         return EXIT_UNAVAILABLE

@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import statistics
+import subprocess
 import sys
 import time
 import uuid
@@ -804,3 +806,30 @@ async def test_every_websocket_implementation_of_uvicorn_caps_messages(
     finally:
         process.stop()
     assert code_received == 1009
+
+
+async def test_the_terminal_client_takes_overloaded_for_unavailable(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    web = start_web(make_settings(max_connections=1), tmp_path / "web.log")
+    try:
+        holding = await accepted(web, GRAPHQL_TRANSPORT_WS, token("first"))
+        over = await post(httpx.AsyncClient(), web, "{ __typename }", token("second"))
+        done = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "jobql", "jobs", "get", str(uuid.uuid4())],
+            env={**os.environ, "JOBQL_URL": web.http_url, "JOBQL_TOKEN": token("second")},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        await holding.close()
+    finally:
+        web.process.stop()
+
+    assert over[1].status_code == 503
+    assert over[1].headers["retry-after"] == "2"
+    assert codes(over[1]) == ["OVERLOADED"]
+    assert done.returncode == 3, done.stderr
+    assert "OVERLOADED" in done.stderr
