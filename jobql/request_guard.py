@@ -1,8 +1,9 @@
 """ASGI middleware in front of GraphQL over HTTP: nothing is held for long for a client that does
 not deserve it.
 
-- A body is capped as it streams, and must arrive within `JOBQL_REQUEST_TIMEOUT`; an upload
-  must also keep up `JOBQL_MIN_UPLOAD_RATE` once it is a few seconds old.
+- A body is capped as it streams, and must arrive within `JOBQL_REQUEST_TIMEOUT` of the
+  headers (which `jobql.http_deadline` holds to the same time); an upload must also keep up
+  `JOBQL_MIN_UPLOAD_RATE` once it is a few seconds old.
 - An upload's token is checked before a byte of its body is read, and each user may have
   `JOBQL_MAX_UPLOADS_PER_USER` uploads in flight (the process, `JOBQL_MAX_UPLOADS`).
 - A refused body is answered the way GraphQL clients read errors, and uploads nobody claimed
@@ -12,6 +13,7 @@ not deserve it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import TYPE_CHECKING
 
 from starlette.datastructures import Headers
@@ -24,6 +26,8 @@ from jobql.errors import RateLimited
 from jobql.multipart import FormRejected, IncomingUpload
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
     from jobql.auth import TokenVerifier
@@ -127,8 +131,23 @@ class RequestGuard:
                 str(exc), "UNAUTHENTICATED", 401, headers={"WWW-Authenticate": "Bearer"}
             ) from exc
 
-    def _upload_slot(self, user_id: str) -> _UploadSlot:
-        return _UploadSlot(self, user_id)
+    @contextlib.contextmanager
+    def _upload_slot(self, user_id: str) -> Iterator[None]:
+        """An upload in flight, counted for its user and for the process."""
+        if self.uploads_in_flight >= self.max_uploads:
+            raise Overloaded(f"The server has {self.max_uploads} uploads in flight.")
+        try:
+            self.uploads_per_user.acquire(user_id)
+        except RateLimited as exc:
+            raise Refused(
+                str(exc), "RATE_LIMITED", 429, headers={"Retry-After": str(RETRY_AFTER_SECONDS)}
+            ) from exc
+        self.uploads_in_flight += 1
+        try:
+            yield
+        finally:
+            self.uploads_in_flight -= 1
+            self.uploads_per_user.release(user_id)
 
     async def _serve(
         self, scope: Scope, receive: Receive, send: Send, headers: Headers, multipart: bool
@@ -192,30 +211,6 @@ class RequestGuard:
             return message
 
         return limited_receive
-
-
-class _UploadSlot:
-    """An upload in flight, counted for its user and for the process."""
-
-    def __init__(self, guard: RequestGuard, user_id: str) -> None:
-        self.guard = guard
-        self.user_id = user_id
-
-    def __enter__(self) -> None:
-        guard = self.guard
-        if guard.uploads_in_flight >= guard.max_uploads:
-            raise Overloaded(f"The server has {guard.max_uploads} uploads in flight.")
-        try:
-            guard.uploads_per_user.acquire(self.user_id)
-        except RateLimited as exc:
-            raise Refused(
-                str(exc), "RATE_LIMITED", 429, headers={"Retry-After": str(RETRY_AFTER_SECONDS)}
-            ) from exc
-        guard.uploads_in_flight += 1
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.guard.uploads_in_flight -= 1
-        self.guard.uploads_per_user.release(self.user_id)
 
 
 def _refusal(exc: FormRejected) -> JSONResponse:

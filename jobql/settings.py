@@ -59,7 +59,7 @@ class Settings(BaseSettings):
         default=10.0, gt=0, description="Seconds a WebSocket may wait before connection_init"
     )
     request_timeout: float = Field(
-        default=60.0, gt=0, description="Seconds a request (headers and body) may take to arrive"
+        default=60.0, gt=0, description="Seconds a request's headers, then its body, may take"
     )
     min_upload_rate: int = Field(
         default=16 * 1024,

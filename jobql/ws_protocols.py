@@ -30,6 +30,7 @@ from jobql.errors import RateLimited
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
+    from strawberry.http.async_base_view import AsyncWebSocketAdapter
     from strawberry.subscriptions.protocols.graphql_transport_ws.types import (
         ConnectionInitMessage as TransportInitMessage,
     )
@@ -101,6 +102,11 @@ class ExpiryTimer:
         )
 
 
+def _adapter(websocket: AsyncWebSocketAdapter) -> ASGIWebSocketAdapter:
+    assert isinstance(websocket, ASGIWebSocketAdapter)  # the view's `websocket_adapter_class`
+    return websocket
+
+
 def _rate_limited_reason(exc: RateLimited) -> str:
     return f"RATE_LIMITED: {exc}".encode()[:MAX_CLOSE_REASON_BYTES].decode(errors="ignore")
 
@@ -131,11 +137,7 @@ class TransportWSHandler(BaseGraphQLTransportWSHandler["Context", None]):
             await self.websocket.close(code=RATE_LIMITED_CLOSE, reason=_rate_limited_reason(exc))
             return
         if self.connection_acknowledged:
-            self.expiry.start(self.context, self._adapter())
-
-    def _adapter(self) -> ASGIWebSocketAdapter:
-        assert isinstance(self.websocket, ASGIWebSocketAdapter)
-        return self.websocket
+            self.expiry.start(self.context, _adapter(self.websocket))
 
 
 class LegacyWSHandler(BaseGraphQLWSHandler["Context", None]):
@@ -179,5 +181,4 @@ class LegacyWSHandler(BaseGraphQLWSHandler["Context", None]):
             await self.websocket.close(code=RATE_LIMITED_CLOSE, reason=_rate_limited_reason(exc))
             return
         if self.connection_acknowledged:
-            assert isinstance(self.websocket, ASGIWebSocketAdapter)
-            self.expiry.start(self.context, self.websocket)
+            self.expiry.start(self.context, _adapter(self.websocket))
