@@ -6,6 +6,8 @@ import base64
 import json
 import time
 from datetime import timedelta
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, cast
 
 import jwt
 import pytest
@@ -20,8 +22,13 @@ from jobql.auth import (
     decode_token,
     issue_token,
 )
+from jobql.errors import Unauthenticated
 from jobql.jobs import utcnow
+from jobql.resolvers.context import Context
 from jobql.settings import MissingSecretKey, Settings
+
+if TYPE_CHECKING:
+    from jobql.resolvers.context import Services
 
 SECRET = "unit-test-secret-key-that-is-long-enough-for-hs256"
 OTHER_SECRET = "another-secret-key-that-is-also-long-enough-for-hs256"
@@ -246,3 +253,16 @@ def test_a_secret_key_under_32_bytes_is_refused(key: str) -> None:
 
 def test_a_secret_key_of_32_bytes_is_accepted() -> None:
     assert Settings(secret_key=SecretStr("k" * 32)).require_secret_key() == "k" * 32
+
+
+def test_a_connections_token_is_checked_for_expiry_at_every_operation() -> None:
+    """A WebSocket authenticates once, at connection_init; each operation on it asks again."""
+    services = cast("Services", SimpleNamespace(tokens=TokenVerifier(SECRET)))
+    context = Context(services, authorization=None)
+    context.authenticate(f"Bearer {issue_token(SECRET, 'ws-user', ttl=timedelta(seconds=1))}")
+    assert context.principal().user_id == "ws-user"
+
+    time.sleep(1.1)
+
+    with pytest.raises(Unauthenticated, match="expired"):
+        context.principal()
