@@ -155,7 +155,8 @@ class TokenVerifier:
             }
         key_id = header.get("kid")
         key = self.provider.get(key_id) if self.provider and isinstance(key_id, str) else None
-        if key is None or header.get("alg") != key.algorithm_name:
+        algorithm = header.get("alg")
+        if key is None or algorithm != key.algorithm_name or algorithm not in PROVIDER_ALGORITHMS:
             raise InvalidToken("The token is not signed by a key jobql knows.")
         if self.issuer is not None:
             required.append("iss")

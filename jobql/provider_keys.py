@@ -14,7 +14,7 @@ import math
 import time
 from typing import TYPE_CHECKING
 
-from jwt import PyJWKClient, PyJWKClientError
+from jwt import PyJWKClient, PyJWTError
 
 if TYPE_CHECKING:
     from jwt import PyJWK
@@ -64,7 +64,7 @@ class ProviderKeys:
     async def _refresh(self) -> None:
         try:
             keys = await asyncio.to_thread(self._fetch)
-        except (PyJWKClientError, OSError) as exc:
+        except (PyJWTError, OSError, ValueError) as exc:  # unreachable, or no key set
             logger.warning("Cannot fetch the identity provider's keys: %s", exc)
             return
         self._keys = keys

@@ -232,3 +232,34 @@ async def test_the_web_server_accepts_the_providers_tokens(
                     assert response.json()["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED"
     finally:
         web.process.stop()
+
+
+@pytest.mark.parametrize("document", [None, b"not json", b'{"keys": []}', b"[1, 2]"])
+async def test_a_provider_that_is_down_or_serves_no_keys_refuses_its_tokens(
+    rsa_key: SigningKey, document: bytes | None
+) -> None:
+    server = JwksServer([rsa_key])
+    if document is None:
+        server.close()  # nothing listens there any more
+    else:
+        server.keys = []
+        server.http.RequestHandlerClass.do_GET = _serving(document)  # type: ignore[attr-defined]
+    try:
+        tokens = verifier(server, min_interval=0.0)
+        await tokens.provider.refresh()  # type: ignore[union-attr]
+        with pytest.raises(InvalidToken, match="not signed by a key jobql knows"):
+            await check(tokens, rsa_key.token(iss=ISSUER, aud=AUDIENCE))
+    finally:
+        if document is not None:
+            server.close()
+
+
+def _serving(document: bytes) -> Callable[[BaseHTTPRequestHandler], None]:
+    def do_get(handler: BaseHTTPRequestHandler) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Length", str(len(document)))
+        handler.end_headers()
+        handler.wfile.write(document)
+
+    return do_get
