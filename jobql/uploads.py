@@ -39,8 +39,8 @@ def sniff_image(path: Path, max_pixels: int, max_decoded_bytes: int) -> str:
         raise UploadRejected(
             f"The image is {width}x{height} pixels; the limit is {max_pixels} pixels."
         )
-    # A JPEG is decoded at 1/2, 1/4 or 1/8 scale where that still covers the avatar: the
-    # worker checks the scaled size.
+    # A JPEG is decoded at 1/2, 1/4 or 1/8 scale where that still covers the size asked for:
+    # the worker checks the scaled size.
     if decoded > max_decoded_bytes and image_format not in ("JPEG", "MPO"):
         raise UploadRejected(
             f"The image would take {decoded} bytes once decoded ({width}x{height} pixels); "

@@ -14,9 +14,10 @@ import websockets
 from websockets.typing import Subprotocol
 
 from jobql.auth import SCOPE_SEND_EMAIL
-from jobql.client import JOB_SUBSCRIPTION, SEND_WELCOME
+from jobql.client import JOB_SUBSCRIPTION
 from tests.conftest import token
 from tests.graphql_clients import GRAPHQL_TRANSPORT_WS, GRAPHQL_WS
+from tests.support import SEND_WELCOME
 
 if TYPE_CHECKING:
     from websockets.asyncio.client import ClientConnection

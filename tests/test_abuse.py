@@ -22,7 +22,7 @@ import websockets
 from websockets.typing import Subprotocol
 
 from jobql.auth import SCOPE_SEND_EMAIL, issue_token
-from jobql.client import JOB_QUERY, JOB_SUBSCRIPTION, SEND_WELCOME
+from jobql.client import JOB_QUERY, JOB_SUBSCRIPTION
 from jobql.redis_server import free_port
 from tests.conftest import SECRET_KEY, token
 from tests.graphql_clients import GRAPHQL_TRANSPORT_WS, GRAPHQL_WS
@@ -41,7 +41,7 @@ from tests.hostile_clients import (
 )
 from tests.hostile_documents import NORMAL, fragment_fan, hostile_documents
 from tests.images import sixteen_bit_png
-from tests.support import Process, WebServer, settings_env, start_web
+from tests.support import SEND_WELCOME, Process, WebServer, settings_env, start_web
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
