@@ -19,6 +19,7 @@ from strawberry.subscriptions import (
     MULTIPART_SUBSCRIPTION_PROTOCOL,
 )
 
+from jobql.admission import Admission
 from jobql.auth import TokenVerifier
 from jobql.connections import create_redis
 from jobql.downloads import PrivateFiles
@@ -27,7 +28,10 @@ from jobql.graphql_app import JobqlGraphQL
 from jobql.health import Health, healthz
 from jobql.logs import configure_logging, route_uvicorn_logs_to_root
 from jobql.multipart import FormLimits
+from jobql.provider_keys import ProviderKeys
+from jobql.quotas import UserQuota
 from jobql.rate_limit import MutationRateLimit
+from jobql.reclaim import Reclaimer
 from jobql.registry import load_kinds
 from jobql.request_guard import RequestGuard
 from jobql.resolvers.context import Services
@@ -50,6 +54,7 @@ SUBSCRIPTION_PROTOCOLS = (
     GRAPHQL_SSE_PROTOCOL,
     MULTIPART_SUBSCRIPTION_PROTOCOL,
 )
+# The largest JSON body, and the largest WebSocket message (uvicorn's `ws_max_size`).
 MAX_JSON_BODY_BYTES = 256 * 1024
 # A request leaves some 60 objects in reference cycles (graphql-core's execution state)
 # for the collector. The default threshold (700) collects every few requests; a young
@@ -90,13 +95,28 @@ def create_app(settings: Settings | None = None) -> GraphQLFirst:
     route_uvicorn_logs_to_root()
     kinds = load_kinds(settings)
     redis = create_redis(settings)
+    provider = ProviderKeys(settings.jwks_url) if settings.jwks_url else None
+    tokens = TokenVerifier(
+        secret_key,
+        require_exp=not settings.allow_non_expiring_tokens,
+        provider=provider,
+        issuer=settings.jwt_issuer,
+        audience=settings.jwt_audience,
+    )
     services = Services(
         settings=settings,
-        tokens=TokenVerifier(secret_key),
-        store=JobStore(redis, result_expires=settings.result_expires),
+        tokens=tokens,
+        store=JobStore(
+            redis, result_expires=settings.result_expires, timeout=settings.redis_timeout
+        ),
         watcher=JobWatcher(settings.redis_url, timeout=settings.redis_timeout),
-        rate_limit=MutationRateLimit(redis, settings.redis_url, settings.rate_limit_per_minute),
+        rate_limit=MutationRateLimit(
+            redis, settings.redis_url, settings.rate_limit_per_minute, settings.redis_timeout
+        ),
         kinds=kinds,
+        subscriptions=UserQuota(settings.max_subscriptions_per_user, "subscriptions"),
+        connections=UserQuota(settings.max_connections_per_user, "WebSocket connections"),
+        reclaimer=Reclaimer(),
     )
     files = ResultFiles(settings.media_root)
     settings.incoming_dir.mkdir(parents=True, exist_ok=True)
@@ -108,6 +128,8 @@ def create_app(settings: Settings | None = None) -> GraphQLFirst:
         gc.collect()
         gc.freeze()
         gc.set_threshold(GC_THRESHOLD, *gc.get_threshold()[1:])
+        if provider is not None:
+            await provider.refresh()
         yield
         await services.watcher.close()
         await redis.aclose()
@@ -118,6 +140,8 @@ def create_app(settings: Settings | None = None) -> GraphQLFirst:
         multipart_uploads_enabled=True,
         subscription_protocols=SUBSCRIPTION_PROTOCOLS,
         connection_init_wait_timeout=timedelta(seconds=settings.ws_init_timeout),
+        # JOBQL_MAX_SUBSCRIPTIONS_PER_USER caps them, over every connection, with a code.
+        max_subscriptions_per_connection=None,
         incoming_dir=settings.incoming_dir,
         upload_limits=FormLimits(max_file_bytes=settings.max_upload_bytes),
     )
@@ -143,6 +167,13 @@ def create_app(settings: Settings | None = None) -> GraphQLFirst:
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.add_api_route("/", job_page, include_in_schema=False)
     guarded = RequestGuard(
-        graphql, max_upload_bytes=settings.max_upload_bytes, max_other_bytes=MAX_JSON_BODY_BYTES
+        graphql,
+        max_upload_bytes=settings.max_upload_bytes,
+        max_other_bytes=MAX_JSON_BODY_BYTES,
+        tokens=tokens,
+        uploads_per_user=UserQuota(settings.max_uploads_per_user, "uploads"),
+        max_uploads=settings.max_uploads,
+        request_timeout=settings.request_timeout,
+        min_upload_rate=settings.min_upload_rate,
     )
-    return GraphQLFirst(guarded, app)
+    return GraphQLFirst(Admission(guarded, settings.max_connections), app)

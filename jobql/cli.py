@@ -9,6 +9,7 @@ import sys
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+from jobql.auth import DEFAULT_TTL
 from jobql.registry import BadKindModule, KindsDisagree, load_kinds
 from jobql.settings import MissingSecretKey, Settings
 
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
 EXIT_OK = 0  # SUCCESS, or (without --wait) accepted
 EXIT_JOB_FAILED = 1  # FAILURE or REVOKED; `jobs get` of no such job
 EXIT_USAGE = 2  # bad arguments, or a GraphQL error the server answered with
-EXIT_UNAVAILABLE = 3  # cannot connect, or SERVICE_UNAVAILABLE
+EXIT_UNAVAILABLE = 3  # cannot connect, or SERVICE_UNAVAILABLE or OVERLOADED
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,7 +86,12 @@ def _parser(kinds: Kinds) -> argparse.ArgumentParser:
         default=[],
         help="a scope to grant, e.g. email:send (repeatable)",
     )
-    token.add_argument("--ttl", type=int, default=None, help="seconds until it expires")
+    token.add_argument(
+        "--ttl",
+        type=int,
+        default=int(DEFAULT_TTL.total_seconds()),
+        help="seconds until it expires (default: 3600)",
+    )
     token.set_defaults(run=_token)
 
     schema = commands.add_parser("schema", help="print the GraphQL schema (SDL)")
@@ -135,20 +141,28 @@ def _web(args: argparse.Namespace, extra: list[str]) -> int:
     settings.require_secret_key()
     check_agreement(settings, "web", args.kinds)
     configure_logging(settings.log_json)
-    return serve(
-        args.host,
-        args.port,
-        args.workers,
-        app="jobql.app:create_app",
-        factory=True,
-        access_log=args.access_log,
+    return serve(args.host, args.port, args.workers, **uvicorn_options(settings, args.access_log))
+
+
+def uvicorn_options(settings: Settings, access_log: bool = True) -> dict[str, Any]:
+    """How `jobql web` runs uvicorn (host, port and workers aside)."""
+    from jobql.app import MAX_JSON_BODY_BYTES
+    from jobql.http_deadline import header_deadline_protocol
+
+    return {
+        "app": "jobql.app:create_app",
+        "factory": True,
+        "access_log": access_log,
         # Compressing small JSON frames saves little and costs each WebSocket about
         # 40 KiB of zlib state, which is most of what a subscription costs the server.
-        ws_per_message_deflate=False,
+        "ws_per_message_deflate": False,
         # A ping a minute still finds dead clients; every 20 s, 10,000 clients make 500
         # pings a second, and each one delays whatever else the event loop had to do.
-        ws_ping_interval=60.0,
-    )
+        "ws_ping_interval": 60.0,
+        # A WebSocket message is read whole before anyone looks at it: no larger than a body.
+        "ws_max_size": MAX_JSON_BODY_BYTES,
+        "http": header_deadline_protocol(settings.request_timeout),
+    }
 
 
 def _worker(args: argparse.Namespace, extra: list[str]) -> int:
@@ -181,7 +195,10 @@ def _token(args: argparse.Namespace, extra: list[str]) -> int:
     from jobql.auth import issue_token
 
     scopes = tuple(scope for value in args.scope for scope in value.split())
-    ttl = timedelta(seconds=args.ttl) if args.ttl else None
+    if args.ttl <= 0:
+        print("jobql token: --ttl must be a positive number of seconds", file=sys.stderr)
+        return 2
+    ttl = timedelta(seconds=args.ttl)
     print(issue_token(Settings().require_secret_key(), args.user, scopes, ttl))
     return 0
 
@@ -237,6 +254,7 @@ def _run_client(args: argparse.Namespace, run: Callable[[JobqlClient], Awaitable
 
     from jobql.client import (
         DEFAULT_URL,
+        OVERLOADED,
         SERVICE_UNAVAILABLE,
         ApiError,
         ClientError,
@@ -256,7 +274,8 @@ def _run_client(args: argparse.Namespace, run: Callable[[JobqlClient], Awaitable
         return asyncio.run(main())
     except ApiError as exc:
         print(f"{name}: {exc.code}: {exc.message}{_retry_hint(exc.extensions)}", file=sys.stderr)
-        return EXIT_UNAVAILABLE if exc.code == SERVICE_UNAVAILABLE else EXIT_USAGE
+        unavailable = exc.code in (SERVICE_UNAVAILABLE, OVERLOADED)
+        return EXIT_UNAVAILABLE if unavailable else EXIT_USAGE
     except Unreachable as exc:
         print(f"{name}: {exc}", file=sys.stderr)
         return EXIT_UNAVAILABLE

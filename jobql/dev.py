@@ -62,7 +62,7 @@ def run_dev(host: str, port: int) -> int:
             _wait_for(url.replace("/graphql", "/healthz"), children)
             token = issue_token(env["JOBQL_SECRET_KEY"], DEV_USER, ALL_SCOPES)
             print(f"\njobql is running. GraphiQL: {url}")
-            print("Paste this into GraphiQL's Headers tab:")
+            print("Paste this into GraphiQL's Headers tab (the token is valid for an hour):")
             print(
                 f'  {{"Authorization": "Bearer {token}"}}\nCtrl-C stops everything.\n', flush=True
             )

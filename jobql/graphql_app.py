@@ -33,6 +33,7 @@ from jobql.multipart import FormLimits, FormRejected, read_form
 from jobql.request_guard import UPLOADS
 from jobql.resolvers.context import Context, Services
 from jobql.schema import is_unexpected
+from jobql.ws_protocols import ClosingWebSocketAdapter, LegacyWSHandler, TransportWSHandler
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -80,6 +81,9 @@ class JobqlGraphQL(GraphQL[Context, None]):
     """
 
     request_adapter_class = StreamingRequestAdapter
+    websocket_adapter_class = ClosingWebSocketAdapter
+    graphql_transport_ws_handler_class = TransportWSHandler
+    graphql_ws_handler_class = LegacyWSHandler
 
     def __init__(
         self,
@@ -98,12 +102,22 @@ class JobqlGraphQL(GraphQL[Context, None]):
         # orjson's errors are json.JSONDecodeError, which Strawberry answers with a 400.
         return orjson.loads(data)
 
+    def parse_json(self, data: str | bytes) -> Any:
+        parsed = super().parse_json(data)
+        # Strawberry reads a request as an object (or a batch, which it refuses with a 400);
+        # anything else would raise on its first `.get`.
+        if not isinstance(parsed, dict | list):
+            raise HTTPException(400, "The request body must be a JSON object.")
+        return parsed
+
     def encode_json(self, data: object) -> str:
         # Text: WebSocket frames are made from it as well as HTTP bodies.
         return orjson.dumps(data).decode()
 
     async def get_context(self, request: Request | WebSocket, response: Any) -> Context:
-        context = Context(self.services, request.headers.get("authorization"))
+        authorization = request.headers.get("authorization")
+        await self.services.tokens.prepare(authorization)
+        context = Context(self.services, authorization)
         context.request = request
         return context
 
@@ -124,7 +138,13 @@ class JobqlGraphQL(GraphQL[Context, None]):
         root_value: None = UNSET,
     ) -> Response | WebSocket:
         if self.is_websocket_request(request):
-            return await super().run(request, context, root_value)
+            context = await self.get_context(request, request)
+            try:
+                return await super().run(request, context, root_value)
+            finally:
+                if context.connection_user is not None:
+                    self.services.connections.release(context.connection_user)
+                self.services.reclaimer.closed()
         try:
             return await super().run(request, context, root_value)
         except HTTPException as exc:
@@ -224,12 +244,18 @@ class JobqlGraphQL(GraphQL[Context, None]):
             raise FormRejected("'map' names a file or a variable that is not there.") from exc
 
     async def on_ws_connect(self, context: Context) -> UnsetType | dict[str, object] | None:
-        """Accept a WebSocket only with a valid token, from `connection_init` or the upgrade."""
+        """Accept a WebSocket only with a valid token, from `connection_init` or the upgrade,
+        and while its user holds fewer than `JOBQL_MAX_CONNECTIONS_PER_USER` (else raise
+        `RateLimited`, which the protocol handlers answer)."""
         authorization = _authorization_param(context.connection_params) or context.authorization
+        await self.services.tokens.prepare(authorization)
         try:
-            context.authenticate(authorization)
+            principal = context.authenticate(authorization)
         except InvalidToken as exc:
             raise ConnectionRejectionError({"message": str(exc)}) from exc
+        if context.connection_user is None:
+            self.services.connections.acquire(principal.user_id)
+            context.connection_user = principal.user_id
         return None
 
     async def render_graphql_ide(self, request: Request) -> HTMLResponse:

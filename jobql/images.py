@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, assert_never
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from jobql.image_formats import READABLE_FORMATS
+from jobql.image_formats import READABLE_FORMATS, decoded_bytes, too_short_for_its_size
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -57,6 +57,7 @@ def make_avatar(
     quality: int,
     image_format: ImageFormat,
     max_pixels: int,
+    max_decoded_bytes: int,
     progress: Callable[[int], None] = lambda percent: None,
 ) -> Avatar:
     """Orient, centre-crop to a `size` square, strip metadata and write atomically.
@@ -64,7 +65,7 @@ def make_avatar(
     `destination` appears complete or not at all: the image is written to a
     temporary file beside it and renamed.
     """
-    image = _decode(source, size, max_pixels)
+    image = _decode(source, size, max_pixels, max_decoded_bytes)
     progress(50)
     square = _centre_square(image, size)
     clean = _without_metadata(square, image_format)
@@ -104,17 +105,31 @@ def existing_avatar(path: Path, image_format: ImageFormat) -> Avatar | None:
         return None
 
 
-def _decode(source: Path, size: int, max_pixels: int) -> Image.Image:
-    """Decode the image upright, at the smallest scale that still covers a `size` square."""
+def _decode(source: Path, size: int, max_pixels: int, max_decoded_bytes: int) -> Image.Image:
+    """Decode the image upright, at the smallest scale that still covers a `size` square.
+
+    What decoding would cost is checked from the header first: the pixels, the bytes they take
+    (a 124 KB 16-bit PNG can claim 8000x8000, 128 MB), and whether a JPEG has data enough for
+    its size (libjpeg pads out one that ends early, silently).
+    """
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
             with Image.open(source, formats=READABLE_FORMATS) as opened:
                 if opened.width * opened.height > max_pixels:
                     raise InvalidImage(f"The image has more than {max_pixels} pixels.")
+                if too_short_for_its_size(opened, source.stat().st_size):
+                    raise InvalidImage(
+                        f"The file is too short for the {opened.width}x{opened.height} pixels "
+                        "its header claims: it is truncated."
+                    )
                 if opened.format in ("JPEG", "MPO"):
                     # Decode at 1/2, 1/4 or 1/8 scale where the result still covers the square.
                     opened.draft("RGB", _draft_box(opened.size, size))
+                if decoded_bytes(opened) > max_decoded_bytes:
+                    raise InvalidImage(
+                        f"The image would take more than {max_decoded_bytes} bytes once decoded."
+                    )
                 opened.load()
                 ImageOps.exif_transpose(opened, in_place=True)
                 return _eight_bit(opened)

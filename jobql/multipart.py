@@ -174,8 +174,9 @@ class _FormReader:
             raise FormRejected(
                 f"Too many files: a request carries at most {self.limits.max_files}."
             )
-        if not _is_plain_filename(filename):
-            raise FormRejected("The file name must be a plain name, with no path in it.")
+        problem = _filename_problem(filename)
+        if problem is not None:
+            raise FormRejected(f"The file name {problem}.")
         path = self.directory / f"{uuid.uuid4()}.upload"
         content_type = self._headers.get(b"content-type", b"application/octet-stream")
         self._upload = IncomingUpload(path, filename, content_type.decode(errors="replace"))
@@ -214,12 +215,30 @@ class _FormReader:
         self.ended = True
 
 
-def _is_plain_filename(filename: str) -> bool:
-    return (
-        bool(filename)
-        and len(filename) <= 255
-        and "/" not in filename
-        and "\\" not in filename
-        and filename not in (".", "..")
-        and filename.isprintable()
-    )
+# Characters that make a name read otherwise than it is: "photo\u202egpj.exe" shows as
+# "photoexe.jpg", and zero-width ones make two names that look alike differ.
+BIDI_CONTROLS = frozenset(
+    "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+)
+ZERO_WIDTH = frozenset("\u200b\u200c\u200d\u2060\ufeff")
+
+
+def _filename_problem(filename: str) -> str | None:
+    """What is wrong with an upload's file name, or None for a plain one."""
+    if not filename:
+        return "is empty"
+    if len(filename) > 255:
+        return "is longer than 255 characters"
+    if "/" in filename or "\\" in filename or filename in (".", ".."):
+        return "must be a plain name, with no path in it"
+    for character in filename:
+        if character in BIDI_CONTROLS:
+            return (
+                f"contains a right-to-left override or other direction control character "
+                f"(U+{ord(character):04X}), which makes it read otherwise than it is"
+            )
+        if character in ZERO_WIDTH:
+            return f"contains an invisible zero-width character (U+{ord(character):04X})"
+    if not filename.isprintable():
+        return "contains a control character"
+    return None

@@ -7,9 +7,12 @@ from pathlib import Path
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+MIN_SECRET_KEY_BYTES = 32
+
 
 class MissingSecretKey(RuntimeError):
-    """Raised when a process that checks tokens starts without `JOBQL_SECRET_KEY`."""
+    """Raised when a process that checks tokens starts without `JOBQL_SECRET_KEY`, or with one
+    too short to resist guessing."""
 
 
 class Settings(BaseSettings):
@@ -55,6 +58,40 @@ class Settings(BaseSettings):
     ws_init_timeout: float = Field(
         default=10.0, gt=0, description="Seconds a WebSocket may wait before connection_init"
     )
+    request_timeout: float = Field(
+        default=60.0, gt=0, description="Seconds a request's headers, then its body, may take"
+    )
+    min_upload_rate: int = Field(
+        default=16 * 1024,
+        ge=0,
+        description="Bytes per second an upload must average once it is 5 s old; 0: no minimum",
+    )
+    max_uploads_per_user: int = Field(default=4, gt=0, description="Uploads in flight per user")
+    max_uploads: int = Field(default=64, gt=0, description="Uploads in flight per web process")
+    max_subscriptions_per_user: int = Field(
+        default=200, gt=0, description="Open subscriptions per user in one web process"
+    )
+    max_connections_per_user: int = Field(
+        default=32, gt=0, description="Open WebSockets per user in one web process"
+    )
+    max_connections: int = Field(
+        default=10_000,
+        gt=0,
+        description="Requests and WebSockets a web process holds at once; over it: 503 or 1013",
+    )
+    max_decoded_image_bytes: int = Field(
+        default=100 * 1024 * 1024,
+        gt=0,
+        description="Largest image once decoded: pixels x bytes per pixel of its mode",
+    )
+    allow_non_expiring_tokens: bool = Field(
+        default=False, description="Accept tokens without an `exp` claim"
+    )
+    jwks_url: str | None = Field(
+        default=None, description="JSON Web Key Set of an identity provider (RS256, ES256)"
+    )
+    jwt_issuer: str | None = Field(default=None, description="The `iss` every token must carry")
+    jwt_audience: str | None = Field(default=None, description="The `aud` every token must name")
 
     task_time_limit: int = Field(default=300, gt=0, description="Hard limit per task, seconds")
     visibility_timeout: int = Field(
@@ -103,7 +140,14 @@ class Settings(BaseSettings):
                 "Set it to a long random string (for example: "
                 'python -c "import secrets; print(secrets.token_urlsafe(32))").'
             )
-        return self.secret_key.get_secret_value()
+        secret_key = self.secret_key.get_secret_value()
+        if len(secret_key.encode()) < MIN_SECRET_KEY_BYTES:
+            raise MissingSecretKey(
+                f"JOBQL_SECRET_KEY is {len(secret_key.encode())} bytes long: at least "
+                f"{MIN_SECRET_KEY_BYTES} are needed, or tokens can be forged by guessing it. "
+                'Make one with: python -c "import secrets; print(secrets.token_urlsafe(32))".'
+            )
+        return secret_key
 
     @property
     def kind_modules(self) -> list[str]:

@@ -74,10 +74,16 @@ class AlreadyQueued(Exception):
 
 
 class JobStore:
-    def __init__(self, redis: Redis, result_expires: int, queue: str = DEFAULT_QUEUE) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        result_expires: int,
+        queue: str = DEFAULT_QUEUE,
+        timeout: float | None = None,
+    ) -> None:
         self.result_expires = result_expires
         self.queue = queue
-        self._pipeline = AutoPipeline(redis)
+        self._pipeline = AutoPipeline(redis, timeout)
 
     async def enqueue(
         self,

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from PIL import Image, UnidentifiedImageError
 
-from jobql.image_formats import READABLE_FORMATS
+from jobql.image_formats import READABLE_FORMATS, decoded_bytes
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -20,13 +20,14 @@ class UploadRejected(ValueError):
     """The upload is not something jobql will queue; the message says why."""
 
 
-def sniff_image(path: Path, max_pixels: int) -> str:
+def sniff_image(path: Path, max_pixels: int, max_decoded_bytes: int) -> str:
     """The image format named by the file's header, if jobql accepts it. Blocking."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
             with Image.open(path, formats=READABLE_FORMATS) as image:
                 width, height, image_format = image.width, image.height, image.format
+                decoded = decoded_bytes(image)
         except Image.DecompressionBombError as exc:
             raise UploadRejected(f"The image has more than {max_pixels} pixels.") from exc
         except (UnidentifiedImageError, OSError, ValueError) as exc:
@@ -37,5 +38,12 @@ def sniff_image(path: Path, max_pixels: int) -> str:
     if width * height > max_pixels:
         raise UploadRejected(
             f"The image is {width}x{height} pixels; the limit is {max_pixels} pixels."
+        )
+    # A JPEG is decoded at 1/2, 1/4 or 1/8 scale where that still covers the size asked for:
+    # the worker checks the scaled size.
+    if decoded > max_decoded_bytes and image_format not in ("JPEG", "MPO"):
+        raise UploadRejected(
+            f"The image would take {decoded} bytes once decoded ({width}x{height} pixels); "
+            f"the limit is {max_decoded_bytes} bytes."
         )
     return str(image_format)

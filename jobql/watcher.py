@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING
 from redis.asyncio import ConnectionPool
 from redis.exceptions import RedisError
 
+from jobql.deadline import BACKSTOP_FACTOR, lag_free_timeout
+
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
@@ -71,7 +73,8 @@ class JobWatcher:
             redis_url,
             protocol=2,
             client_name="jobql-watch",
-            socket_connect_timeout=timeout,
+            # The watcher's own deadlines don't count the event loop's lag; redis-py's would.
+            socket_connect_timeout=timeout * BACKSTOP_FACTOR,
             # A Redis host that vanished is found by the kernel's probes, which are not
             # Redis commands: a watcher with nothing to hear sends Redis nothing.
             socket_keepalive=True,
@@ -115,7 +118,7 @@ class JobWatcher:
                     await self._send(connection, "SUBSCRIBE", key)
                 confirmation = self._confirmations.get(key)
             if confirmation is not None:
-                async with asyncio.timeout(self._timeout):
+                async with lag_free_timeout(self._timeout):
                     await asyncio.shield(confirmation)
             yield mailbox
         finally:
@@ -144,7 +147,7 @@ class JobWatcher:
         if self._connection is not None:
             return self._connection
         connection: AbstractConnection = self._pool.make_connection()  # type: ignore[no-untyped-call]
-        async with asyncio.timeout(self._timeout):
+        async with lag_free_timeout(self._timeout):
             await connection.connect()  # type: ignore[no-untyped-call]
         self._connection = connection
         self._last_reply = asyncio.get_running_loop().time()
@@ -152,7 +155,7 @@ class JobWatcher:
         return connection
 
     async def _send(self, connection: AbstractConnection, *args: bytes | str) -> None:
-        async with asyncio.timeout(self._timeout):
+        async with lag_free_timeout(self._timeout):
             await connection.send_command(*args, check_health=False)
 
     async def _read(self, connection: AbstractConnection) -> None:

@@ -79,3 +79,32 @@ def is_red(pixel: tuple[int, ...]) -> bool:
 
 def is_blue(pixel: tuple[int, ...]) -> bool:
     return pixel[2] > 150 and pixel[0] < 90 and pixel[1] < 90
+
+
+def sixteen_bit_png(width: int = 8000, height: int = 8000) -> bytes:
+    """A real 16-bit greyscale PNG, all black: 124 KB for 8000x8000, 128 MB once decoded."""
+    row = b"\0" * (1 + 2 * width)  # filter byte, then 2 bytes a pixel
+    compressor = zlib.compressobj(9)
+    pixels = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+    header = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([16, 0, 0, 0, 0])
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _chunk(b"IHDR", header)
+        + _chunk(b"IDAT", pixels)
+        + _chunk(b"IEND", b"")
+    )
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    crc = zlib.crc32(kind + data).to_bytes(4, "big")
+    return len(data).to_bytes(4, "big") + kind + data + crc
+
+
+def jpeg_claiming(width: int, height: int) -> bytes:
+    """A whole 64x64 JPEG whose frame header claims `width` x `height`: libjpeg pads it out."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), RED).save(buffer, format="JPEG")
+    data = bytearray(buffer.getvalue())
+    frame = data.index(b"\xff\xc0")  # SOF0: marker, length (2), precision (1), height, width
+    data[frame + 5 : frame + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
+    return bytes(data)

@@ -6,9 +6,12 @@ import base64
 import json
 import time
 from datetime import timedelta
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, cast
 
 import jwt
 import pytest
+from pydantic import SecretStr
 
 from jobql.auth import (
     ALGORITHM,
@@ -19,7 +22,13 @@ from jobql.auth import (
     decode_token,
     issue_token,
 )
+from jobql.errors import Unauthenticated
 from jobql.jobs import utcnow
+from jobql.resolvers.context import Context
+from jobql.settings import MissingSecretKey, Settings
+
+if TYPE_CHECKING:
+    from jobql.resolvers.context import Services
 
 SECRET = "unit-test-secret-key-that-is-long-enough-for-hs256"
 OTHER_SECRET = "another-secret-key-that-is-also-long-enough-for-hs256"
@@ -88,7 +97,7 @@ def test_unsigned_token_is_invalid(alg: str) -> None:
 
 
 def test_pyjwt_none_token_is_invalid() -> None:
-    token = jwt.encode({"sub": "admin", "scope": SCOPE_SEND_EMAIL}, None, algorithm="none")
+    token = jwt.encode({"sub": "admin", "scope": SCOPE_SEND_EMAIL}, "", algorithm="none")
     with pytest.raises(InvalidToken):
         decode_token(SECRET, token)
 
@@ -195,3 +204,65 @@ def test_a_token_seen_before_is_answered_from_the_cache_until_it_expires() -> No
     first = verifier.verify(token)
     assert verifier.verify(token) is first
     assert verifier.principal(f"Bearer {token}") is first
+
+
+# --- expiry, subjects, keys -----------------------------------------------------------------
+
+
+def test_a_token_without_exp_is_refused_unless_allowed() -> None:
+    token = issue_token(SECRET, "forever", ttl=None)
+    with pytest.raises(InvalidToken, match="'exp'"):
+        TokenVerifier(SECRET).verify(token)
+    principal = TokenVerifier(SECRET, require_exp=False).verify(token)
+    assert principal.user_id == "forever"
+    assert principal.expires_at is None
+
+
+def test_issued_tokens_expire_after_an_hour_by_default() -> None:
+    claims = jwt.decode(issue_token(SECRET, "u"), SECRET, algorithms=["HS256"])
+    assert claims["exp"] - claims["iat"] == 3600
+
+
+def test_the_principal_knows_when_its_token_expires() -> None:
+    principal = TokenVerifier(SECRET).verify(issue_token(SECRET, "u", ttl=timedelta(seconds=90)))
+    assert principal.expires_at is not None
+    assert 80 < principal.expires_at - time.time() <= 90
+    assert not principal.expired()
+
+
+@pytest.mark.parametrize(
+    "user_id",
+    ["", " ", "   ", "x" * 256, "x" * 10_000, "a\x00b", "line\nbreak", "tab\there", "\u202e"],
+    ids=["empty", "space", "spaces", "256", "10k", "nul", "newline", "tab", "rlo"],
+)
+def test_a_sub_that_is_not_1_to_255_printable_characters_is_refused(user_id: str) -> None:
+    with pytest.raises(InvalidToken, match="1 to 255 printable"):
+        TokenVerifier(SECRET).verify(issue_token(SECRET, user_id))
+
+
+@pytest.mark.parametrize("user_id", ["a", "x" * 255, "user 42", "ünïcode"])
+def test_a_sub_of_1_to_255_printable_characters_is_accepted(user_id: str) -> None:
+    assert TokenVerifier(SECRET).verify(issue_token(SECRET, user_id)).user_id == user_id
+
+
+@pytest.mark.parametrize("key", ["x", "short-key", "k" * 31, "é" * 15])
+def test_a_secret_key_under_32_bytes_is_refused(key: str) -> None:
+    with pytest.raises(MissingSecretKey, match="at least 32"):
+        Settings(secret_key=SecretStr(key)).require_secret_key()
+
+
+def test_a_secret_key_of_32_bytes_is_accepted() -> None:
+    assert Settings(secret_key=SecretStr("k" * 32)).require_secret_key() == "k" * 32
+
+
+def test_a_connections_token_is_checked_for_expiry_at_every_operation() -> None:
+    """A WebSocket authenticates once, at connection_init; each operation on it asks again."""
+    services = cast("Services", SimpleNamespace(tokens=TokenVerifier(SECRET)))
+    context = Context(services, authorization=None)
+    context.authenticate(f"Bearer {issue_token(SECRET, 'ws-user', ttl=timedelta(seconds=1))}")
+    assert context.principal().user_id == "ws-user"
+
+    time.sleep(1.1)
+
+    with pytest.raises(Unauthenticated, match="expired"):
+        context.principal()

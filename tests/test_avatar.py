@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import resource
 from typing import TYPE_CHECKING
 
 import pytest
@@ -17,13 +18,22 @@ from jobql.images import (
     make_avatar,
     remove_leftovers,
 )
-from tests.images import is_blue, is_red, phone_photo, transparent_png, truncated_jpeg
+from tests.images import (
+    is_blue,
+    is_red,
+    jpeg_claiming,
+    phone_photo,
+    sixteen_bit_png,
+    transparent_png,
+    truncated_jpeg,
+)
 
 if TYPE_CHECKING:
     from pathlib import Path
 
 SIZE = 128
 MAX_PIXELS = 50_000_000
+MAX_DECODED_BYTES = 100 * 1024 * 1024
 METADATA_KEYS = ("exif", "icc_profile", "xmp", "XML:com.adobe.xmp", "comment")
 
 
@@ -41,7 +51,13 @@ def avatar(
     max_pixels: int = MAX_PIXELS,
 ) -> Avatar:
     return make_avatar(
-        source, destination, size=size, quality=85, image_format=image_format, max_pixels=max_pixels
+        source,
+        destination,
+        size=size,
+        quality=85,
+        image_format=image_format,
+        max_pixels=max_pixels,
+        max_decoded_bytes=MAX_DECODED_BYTES,
     )
 
 
@@ -290,6 +306,7 @@ def test_progress_is_strictly_increasing_within_0_to_100(tmp_path: Path) -> None
         quality=85,
         image_format=ImageFormat.JPEG,
         max_pixels=MAX_PIXELS,
+        max_decoded_bytes=MAX_DECODED_BYTES,
         progress=reported.append,
     )
 
@@ -310,6 +327,7 @@ def test_progress_is_not_reported_past_decoding_on_failure(tmp_path: Path) -> No
             quality=85,
             image_format=ImageFormat.JPEG,
             max_pixels=MAX_PIXELS,
+            max_decoded_bytes=MAX_DECODED_BYTES,
             progress=reported.append,
         )
 
@@ -441,7 +459,7 @@ def test_16_bit_greyscale_png_keeps_its_tone(tmp_path: Path, image_format: Image
 def test_existing_avatar_reads_back_a_finished_one(tmp_path: Path) -> None:
     source = write(tmp_path, "photo.jpg", phone_photo(800, 600))
     made = make_avatar(
-        source, tmp_path / "out" / "a.webp", 128, 80, ImageFormat.WEBP, max_pixels=10**8
+        source, tmp_path / "out" / "a.webp", 128, 80, ImageFormat.WEBP, 10**8, MAX_DECODED_BYTES
     )
     again = existing_avatar(made.path, ImageFormat.WEBP)
     assert again == made
@@ -450,7 +468,9 @@ def test_existing_avatar_reads_back_a_finished_one(tmp_path: Path) -> None:
 
 def test_a_missing_source_is_not_taken_for_a_bad_image(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
-        make_avatar(tmp_path / "gone.jpg", tmp_path / "a.jpg", 64, 80, ImageFormat.JPEG, 10**8)
+        make_avatar(
+            tmp_path / "gone.jpg", tmp_path / "a.jpg", 64, 80, ImageFormat.JPEG, 10**8, 10**8
+        )
 
 
 def test_remove_leftovers_removes_only_this_avatars_temporary_files(tmp_path: Path) -> None:
@@ -462,3 +482,36 @@ def test_remove_leftovers_removes_only_this_avatars_temporary_files(tmp_path: Pa
     remove_leftovers(destination)
     assert [path.exists() for path in mine] == [False, False]
     assert all(path.exists() for path in others)
+
+
+# --- images that cost more than they look ---------------------------------------------------
+
+
+def test_a_small_16_bit_png_too_large_once_decoded_is_refused_before_decoding(
+    tmp_path: Path,
+) -> None:
+    data = sixteen_bit_png(8000, 8000)
+    source = write(tmp_path, "bomb.png", data)
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+    with pytest.raises(InvalidImage, match="bytes once decoded"):
+        avatar(source, tmp_path / "avatar.png", max_pixels=64_000_000)
+
+    grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before
+    print(f"\n{len(data)} byte 16-bit 8000x8000 PNG refused; peak RSS grew {grown_kib} KiB")
+    assert len(data) < 200_000
+    assert grown_kib < 128_000_000 // 1024 // 4  # nowhere near its 128 MB of pixels
+
+
+def test_a_jpeg_whose_header_claims_more_than_its_data_holds_is_invalid(tmp_path: Path) -> None:
+    source = write(tmp_path, "claims.jpg", jpeg_claiming(8000, 8000))
+    with Image.open(source) as opened:
+        assert opened.size == (8000, 8000)  # what libjpeg would pad out, in grey
+
+    with pytest.raises(InvalidImage, match="truncated"):
+        avatar(source, tmp_path / "avatar.jpg", max_pixels=64_000_000)
+
+
+def test_the_same_jpeg_with_its_true_size_is_fine(tmp_path: Path) -> None:
+    made = avatar(write(tmp_path, "true.jpg", jpeg_claiming(64, 64)), tmp_path / "a.jpg", size=32)
+    assert (made.width, made.height) == (32, 32)

@@ -47,14 +47,19 @@ WORKER = SHARED | {
     "jobql.tasks.worker",
 }
 WEB = SHARED | {
+    "jobql.admission",
     "jobql.app",
     "jobql.connections",
+    "jobql.deadline",
     "jobql.downloads",
     "jobql.graphql_app",
     "jobql.health",
     "jobql.messages",
     "jobql.multipart",
+    "jobql.provider_keys",
+    "jobql.quotas",
     "jobql.rate_limit",
+    "jobql.reclaim",
     "jobql.request_guard",
     "jobql.resolvers",
     "jobql.resolvers.context",
@@ -66,6 +71,7 @@ WEB = SHARED | {
     "jobql.schema.types",
     "jobql.store",
     "jobql.watcher",
+    "jobql.ws_protocols",
 }
 # Libraries of one side only. The worker does load Strawberry: a kind's module declares
 # its GraphQL types beside its task, and both sides import it.
@@ -117,6 +123,7 @@ def test_the_module_list_is_complete() -> None:
         "jobql.cli",
         "jobql.client",
         "jobql.dev",
+        "jobql.http_deadline",
         "jobql.processes",
         "jobql.redis_server",
         "jobql.tasks.purge",  # `jobql purge`

@@ -64,3 +64,24 @@ def test_unknown_option_is_an_error() -> None:
     done = jobql("schema", "--bogus")
     assert done.returncode == 2
     assert "unrecognized arguments: --bogus" in done.stderr
+
+
+@pytest.mark.parametrize(("ttl", "lifetime"), [([], 3600), (["--ttl", "90"], 90)])
+def test_token_expires_after_an_hour_unless_told(ttl: list[str], lifetime: int) -> None:
+    from jobql.settings import Settings
+
+    env = settings_env(Settings(secret_key=SecretStr(SECRET_KEY)))
+    done = jobql("token", "--user", "backend", *ttl, env=env)
+    assert done.returncode == 0
+    claims = jwt.decode(done.stdout.strip(), SECRET_KEY, algorithms=["HS256"])
+    assert claims["exp"] - claims["iat"] == lifetime
+
+
+@pytest.mark.parametrize("command", ["web", "worker", "token"])
+def test_commands_refuse_a_secret_key_under_32_bytes(command: str) -> None:
+    from jobql.settings import Settings
+
+    args = [command, "--user", "u"] if command == "token" else [command]
+    done = jobql(*args, env=settings_env(Settings(secret_key=SecretStr("x"))))
+    assert done.returncode == 2
+    assert "at least 32 are needed" in done.stderr

@@ -45,6 +45,7 @@ FAULT_SETTINGS: dict[str, Any] = {
     "mail_max_retries": 8,
     "mail_timeout": 2.0,
     "redis_timeout": 0.5,
+    "max_decoded_image_bytes": 200 * 1024 * 1024,  # heavy_png is 169 MB of pixels
 }
 USER = "faults"
 

@@ -485,3 +485,25 @@ def test_form_rejected_defaults_to_bad_user_input() -> None:
     error = FormRejected("nope")
 
     assert (str(error), error.code, error.status) == ("nope", "BAD_USER_INPUT", 400)
+
+
+@pytest.mark.parametrize(
+    ("filename", "says"),
+    [
+        ("photo\u202egpj.exe", "right-to-left override"),
+        ("photo\u2067.jpg", "U+2067"),
+        ("pho\u200bto.jpg", "zero-width character (U+200B)"),
+        ("\ufeffphoto.jpg", "zero-width character (U+FEFF)"),
+        ("photo\x07.jpg", "control character"),
+        ("../photo.jpg", "no path in it"),
+        ("dir\\photo.jpg", "no path in it"),
+    ],
+    ids=["rlo", "rli", "zwsp", "bom", "bell", "dotdot", "backslash"],
+)
+async def test_a_refused_file_name_says_what_is_wrong(
+    incoming: Path, filename: str, says: str
+) -> None:
+    error, uploads = await rejected(incoming, graphql_body(b"abc", filename=filename))
+    assert_bad_input(error)
+    assert says in str(error)
+    assert uploads == []

@@ -109,6 +109,7 @@ async def test_soak_nothing_lost_under_worker_kills(make_stack: Callable[..., St
         task_time_limit=5,
         sweep_min_age=5,
         rate_limit_per_minute=0,
+        max_uploads_per_user=SUBMITTERS,  # one backend user, uploading on every submitter
         mail_timeout=2.0,
         mail_retry_backoff=0.5,
         recover_after=4,

@@ -49,7 +49,7 @@ def png_declaring(width: int, height: int) -> bytes:
 def sniff(tmp_path: Path, data: bytes, max_pixels: int = MAX_PIXELS, name: str = "a.upload") -> str:
     path = tmp_path / name
     path.write_bytes(data)
-    return sniff_image(path, max_pixels)
+    return sniff_image(path, max_pixels, max_decoded_bytes=100 * 1024 * 1024)
 
 
 # --- accepted images ------------------------------------------------------------------------
@@ -76,7 +76,8 @@ def test_jobql_reads_heic_without_the_caller_registering_anything(tmp_path: Path
     path = tmp_path / "photo.upload"
     path.write_bytes(heic())
     code = (
-        "import sys; from jobql.uploads import sniff_image; print(sniff_image(sys.argv[1], 10**6))"
+        "import sys; from jobql.uploads import sniff_image; "
+        "print(sniff_image(sys.argv[1], 10**6, 10**8))"
     )
 
     done = subprocess.run(

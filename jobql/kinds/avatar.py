@@ -98,7 +98,10 @@ async def upload_avatar(
     upload_id, path = incoming_upload(info, file)
     await check_rate(info)  # before the upload is read
     try:
-        await asyncio.to_thread(sniff_image, path, info.context.settings.max_image_pixels)
+        settings = info.context.settings
+        await asyncio.to_thread(
+            sniff_image, path, settings.max_image_pixels, settings.max_decoded_image_bytes
+        )
     except UploadRejected as exc:
         raise BadUserInput(str(exc), field="file") from exc
     payload = AvatarPayload(path.name, size, quality, options.format or ImageFormat.JPEG)
@@ -123,6 +126,7 @@ def make(ctx: TaskContext, payload: AvatarPayload) -> AvatarResult:
                 quality=payload.quality,
                 image_format=payload.image_format,
                 max_pixels=ctx.settings.max_image_pixels,
+                max_decoded_bytes=ctx.settings.max_decoded_image_bytes,
                 progress=ctx.report_progress,
             )
         if ctx.attempt > 1:

@@ -21,7 +21,9 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from jobql.jobs import Dedupe, JobSnapshot
+    from jobql.quotas import UserQuota
     from jobql.rate_limit import MutationRateLimit
+    from jobql.reclaim import Reclaimer
     from jobql.registry import Kinds
     from jobql.settings import Settings
     from jobql.store import JobStore
@@ -38,6 +40,9 @@ class Services:
     watcher: JobWatcher
     rate_limit: MutationRateLimit
     kinds: Kinds
+    subscriptions: UserQuota  # JOBQL_MAX_SUBSCRIPTIONS_PER_USER
+    connections: UserQuota  # JOBQL_MAX_CONNECTIONS_PER_USER
+    reclaimer: Reclaimer
 
 
 class Context(BaseContext):
@@ -48,6 +53,8 @@ class Context(BaseContext):
         self._principal: Principal | None = None
         self._rate_checked = False
         self._uploads: list[IncomingUpload] = []
+        # The user a WebSocket counts against in `Services.connections`, once accepted.
+        self.connection_user: str | None = None
 
     @property
     def settings(self) -> Settings:
@@ -81,8 +88,11 @@ class Context(BaseContext):
             raise ServiceUnavailable("The job store is unreachable; try again shortly.") from exc
 
     def principal(self) -> Principal:
-        """The caller, or `UNAUTHENTICATED`: every operation needs a valid token."""
+        """The caller, or `UNAUTHENTICATED`: every operation needs a valid token, unexpired
+        (a WebSocket's token is checked again at each operation)."""
         if self._principal is not None:
+            if self._principal.expired():
+                raise Unauthenticated("The token has expired.")
             return self._principal
         try:
             return self.authenticate(self.authorization)

@@ -18,7 +18,13 @@ async def job(info: Info[Context, None], id: strawberry.ID) -> AsyncGenerator[Jo
     job_id = str(id)
     if not is_job_id(job_id):
         raise NotFound("No such job.")
-    with context.redis_errors_as_unavailable():
+    services = context.services
+    with (
+        # Over every connection and transport of this process; RATE_LIMITED past the cap.
+        services.subscriptions.hold(user_id),
+        services.reclaimer.counted(),
+        context.redis_errors_as_unavailable(),
+    ):
         # Subscribe before reading the key, so that no change falls between the two.
         async with context.watcher.watch(meta_key(job_id)) as events:
             record, meta = await context.store.load(job_id)
