@@ -26,7 +26,9 @@ from jobql.downloads import PrivateFiles
 from jobql.files import PRIVATE_URL, PUBLIC_URL, ResultFiles
 from jobql.graphql_app import JobqlGraphQL
 from jobql.health import Health, healthz
+from jobql.jobs import DEFAULT_QUEUE
 from jobql.logs import configure_logging, route_uvicorn_logs_to_root
+from jobql.metrics import ClusterMetrics, WebMetrics
 from jobql.multipart import FormLimits
 from jobql.provider_keys import ProviderKeys
 from jobql.quotas import UserQuota
@@ -117,6 +119,7 @@ def create_app(settings: Settings | None = None) -> GraphQLFirst:
         subscriptions=UserQuota(settings.max_subscriptions_per_user, "subscriptions"),
         connections=UserQuota(settings.max_connections_per_user, "WebSocket connections"),
         reclaimer=Reclaimer(),
+        metrics=WebMetrics(),
     )
     files = ResultFiles(settings.media_root)
     settings.incoming_dir.mkdir(parents=True, exist_ok=True)
@@ -135,7 +138,11 @@ def create_app(settings: Settings | None = None) -> GraphQLFirst:
         await redis.aclose()
 
     graphql = JobqlGraphQL(
-        build_schema(kinds, introspection=settings.introspection),
+        build_schema(
+            kinds,
+            introspection=settings.introspection,
+            on_refusal=services.metrics.refused_subscription,
+        ),
         services=services,
         multipart_uploads_enabled=True,
         subscription_protocols=SUBSCRIPTION_PROTOCOLS,
@@ -146,10 +153,12 @@ def create_app(settings: Settings | None = None) -> GraphQLFirst:
         upload_limits=FormLimits(max_file_bytes=settings.max_upload_bytes),
     )
     app = FastAPI(title="jobql", lifespan=lifespan)
-    health = Health(redis, services.watcher)
+    health = Health(redis)
+    cluster = ClusterMetrics(redis, queues=(DEFAULT_QUEUE,))
     app.add_api_route("/healthz", healthz, include_in_schema=False)
     app.add_api_route("/readyz", health.readyz, include_in_schema=False)
-    app.add_api_route("/metrics", health.metrics, include_in_schema=False)
+    app.add_api_route("/metrics", services.metrics.exposition, include_in_schema=False)
+    app.add_api_route("/metrics/cluster", cluster.exposition, include_in_schema=False)
     for area in kinds.file_areas:
         if not area.private:
             folder = files.public_dir(area)

@@ -8,6 +8,7 @@ graphql-transport-ws protocol, the token in the `connection_init` payload.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import mimetypes
 from contextlib import aclosing
@@ -82,6 +83,8 @@ JobData = dict[str, Any]
 # How often a dropped subscription is opened again before giving up, and the pause before
 # each attempt. The subscription starts with the job's current state, so nothing is missed.
 RECONNECT_DELAYS = (0.5, 1.0, 2.0, 4.0)
+# How long a client that has the job's end waits for the server's `complete`.
+COMPLETE_TIMEOUT = 5.0
 
 
 class ClientError(Exception):
@@ -291,9 +294,12 @@ class JobqlClient:
                         job = (payload.get("data") or {}).get("job")
                         if not isinstance(job, dict):
                             raise BadResponse("the subscription sent no job")
-                        yield job
                         if job.get("done"):
+                            # Before the caller has it (and may stop reading).
+                            await _await_complete(websocket)
+                            yield job
                             return
+                        yield job
                     elif kind == "error":
                         errors = message.get("payload")
                         _raise_errors({"errors": errors if isinstance(errors, list) else [{}]})
@@ -318,6 +324,15 @@ class JobqlClient:
         await websocket.send(json.dumps({"type": "connection_init", "payload": payload}))
         async with asyncio.timeout(self.connect_timeout):
             while (await _receive(websocket)).get("type") != "connection_ack":
+                pass
+
+
+async def _await_complete(websocket: ClientConnection) -> None:
+    """Wait for the server's `complete` before hanging up: a client that closes on the last
+    `next` races the server's end of the operation."""
+    with contextlib.suppress(TimeoutError, _ConnectionLost, BadResponse):
+        async with asyncio.timeout(COMPLETE_TIMEOUT):
+            while (await _receive(websocket)).get("type") != "complete":
                 pass
 
 

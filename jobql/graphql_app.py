@@ -252,6 +252,10 @@ class JobqlGraphQL(GraphQL[Context, None]):
         try:
             principal = context.authenticate(authorization)
         except InvalidToken as exc:
+            logger.info(
+                "UNAUTHENTICATED: WebSocket refused: %s", exc, extra={"code": "UNAUTHENTICATED"}
+            )
+            self.services.metrics.refused_subscription("UNAUTHENTICATED")
             raise ConnectionRejectionError({"message": str(exc)}) from exc
         if context.connection_user is None:
             self.services.connections.acquire(principal.user_id)

@@ -1,42 +1,43 @@
 """Logging for both processes: plain lines, or one JSON object a line (`JOBQL_LOG_JSON=1`).
 
-Every line about a job carries its id: from `extra={"job_id": ...}`, from the job a
-worker process is running, or from Celery's own log arguments.
+JSON lines are python-json-logger's: every `extra=` field a line was logged with is
+kept. Every line about a job carries its id as `job_id`: from `extra={"job_id": ...}`,
+from the job a worker process is running, or from Celery's own log arguments.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping
 from contextvars import ContextVar
 from datetime import UTC, datetime
 
+from pythonjsonlogger.json import JsonFormatter
+
 current_job_id: ContextVar[str | None] = ContextVar("jobql_current_job_id", default=None)
 
 PLAIN_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+JSON_FIELDS = ("asctime", "levelname", "name", "message")
+JSON_NAMES = {"asctime": "time", "levelname": "level", "name": "logger", "exc_info": "exception"}
 
 
-class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, object] = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        job_id = job_id_of(record)
-        if job_id:
-            entry["job_id"] = job_id
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
+class JobIdFilter(logging.Filter):
+    """Adds `job_id` to every record about a job that does not carry one already."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not getattr(record, "job_id", None):
+            job_id = job_id_of(record)
+            if job_id:
+                record.job_id = job_id
+        return True
+
+
+class UtcJsonFormatter(JsonFormatter):
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        return datetime.fromtimestamp(record.created, UTC).isoformat()
 
 
 def job_id_of(record: logging.LogRecord) -> str | None:
-    explicit = getattr(record, "job_id", None)
-    if explicit:
-        return str(explicit)
     # Celery logs tasks as 'Task %(name)s[%(id)s] ...' with a mapping of arguments.
     if isinstance(record.args, Mapping) and isinstance(record.args.get("id"), str):
         return str(record.args["id"])
@@ -45,7 +46,11 @@ def job_id_of(record: logging.LogRecord) -> str | None:
 
 def configure_logging(json_lines: bool, level: int | str = logging.INFO) -> None:
     handler = logging.StreamHandler()
-    handler.setFormatter(JsonFormatter() if json_lines else logging.Formatter(PLAIN_FORMAT))
+    if json_lines:
+        handler.setFormatter(UtcJsonFormatter(JSON_FIELDS, rename_fields=JSON_NAMES))
+    else:
+        handler.setFormatter(logging.Formatter(PLAIN_FORMAT))
+    handler.addFilter(JobIdFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

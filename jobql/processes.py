@@ -7,6 +7,9 @@ connections out round robin for this reason). A keep-alive connection then stays
 it landed, and one process can end up serving most clients while another idles. Here
 the parent accepts, and passes each connection to the next worker over a Unix socket.
 A worker that dies is replaced; SIGINT or SIGTERM stops them all, gracefully.
+
+The workers keep their metrics in files of a directory they share (prometheus_client's
+multiprocess mode), so that whichever of them a scrape reaches reports them all.
 """
 
 from __future__ import annotations
@@ -16,12 +19,17 @@ import contextlib
 import functools
 import logging
 import multiprocessing
+import os
 import signal
 import socket
+import tempfile
 import threading
 from typing import TYPE_CHECKING, Any
 
 import uvicorn
+from prometheus_client import multiprocess
+
+from jobql.metrics import MULTIPROCESS_DIR
 
 if TYPE_CHECKING:
     from multiprocessing.process import BaseProcess
@@ -72,6 +80,15 @@ class HandedConnections(uvicorn.Server):
             future.add_done_callback(self._connecting.discard)
 
 
+def _shared_metrics_dir() -> tempfile.TemporaryDirectory[str] | None:
+    """A fresh directory for the workers' metrics, unless the operator named one."""
+    if os.environ.get(MULTIPROCESS_DIR):
+        return None
+    directory = tempfile.TemporaryDirectory(prefix="jobql-metrics-")
+    os.environ[MULTIPROCESS_DIR] = directory.name  # the spawned workers inherit it
+    return directory
+
+
 def _work(channel: socket.socket, options: dict[str, Any]) -> None:
     HandedConnections(uvicorn.Config(**options), channel).run()
 
@@ -81,6 +98,7 @@ class Supervisor:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.listener = socket.create_server((host, port), family=family, backlog=BACKLOG)
         self.options = options
+        self._metrics_dir = _shared_metrics_dir()
         self.stopping = threading.Event()
         self._context = multiprocessing.get_context("spawn")
         self._slots: list[tuple[BaseProcess, socket.socket]] = []
@@ -105,6 +123,8 @@ class Supervisor:
             process.join(GRACE_SECONDS)
             if process.is_alive():
                 process.kill()
+        if self._metrics_dir is not None:
+            self._metrics_dir.cleanup()
         return 0
 
     def _stop(self, signum: int, frame: FrameType | None) -> None:
@@ -124,6 +144,8 @@ class Supervisor:
                 continue
             logger.warning("Worker %s ended (%s); starting another", process.pid, process.exitcode)
             channel.close()
+            # Its open subscriptions are gone; what it counted stays counted.
+            multiprocess.mark_process_dead(process.pid, os.environ[MULTIPROCESS_DIR])  # type: ignore[no-untyped-call]
             self._slots[n] = self._spawn()
 
     def _hand_out(self) -> None:

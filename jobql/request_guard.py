@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from typing import TYPE_CHECKING
 
 from starlette.datastructures import Headers
@@ -38,6 +39,8 @@ MULTIPART_OVERHEAD_BYTES = 256 * 1024
 # An upload's rate is judged from this age on (or a quarter of the request's deadline, if that
 # is sooner): a connection's first seconds say little.
 MIN_RATE_AFTER_SECONDS = 5.0
+
+logger = logging.getLogger(__name__)
 
 
 class Refused(FormRejected):
@@ -167,7 +170,8 @@ class RequestGuard:
         except FormRejected as exc:
             await _refusal(exc)(scope, receive, send_after_cleanup)
         except ClientDisconnect:
-            pass  # the client went away mid-body: nobody to answer, nothing went wrong here
+            # Nobody is left to answer, and nothing went wrong here.
+            logger.info("Client disconnected before its request was read (%s)", scope["path"])
         finally:
             _remove_unclaimed(uploads)  # and when no answer was sent at all
 

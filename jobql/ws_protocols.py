@@ -10,18 +10,24 @@ What they add:
   `RATE_LIMITED` (`graphql-ws` also sends a `connection_error` with `extensions.code`).
 - When the token a connection was opened with expires, the connection is closed with 4403,
   by a timer set at its `exp`.
+- A client that ends an operation (`complete`, or by hanging up) just as the server completes
+  it is one INFO line: Strawberry forgot the operation id twice (a `KeyError`) or sent
+  `complete` down a closed socket, and logged a traceback for a client doing nothing wrong.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import TYPE_CHECKING, Any
 
 from starlette.websockets import WebSocketState
 from strawberry.asgi import ASGIWebSocketAdapter
+from strawberry.http.exceptions import WebSocketDisconnected
 from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
     BaseGraphQLTransportWSHandler,
+    Operation,
 )
 from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWSHandler
 
@@ -41,6 +47,8 @@ if TYPE_CHECKING:
     )
 
     from jobql.resolvers.context import Context
+
+logger = logging.getLogger(__name__)
 
 INVALID_MESSAGE = 4400
 TOKEN_EXPIRED = 4403
@@ -138,6 +146,25 @@ class TransportWSHandler(BaseGraphQLTransportWSHandler["Context", None]):
             return
         if self.connection_acknowledged:
             self.expiry.start(self.context, _adapter(self.websocket))
+
+    def forget_id(self, id: str) -> None:
+        self.operations.pop(id, None)
+
+    async def run_operation(self, operation: Operation[Context, None]) -> None:
+        try:
+            await super().run_operation(operation)
+        except WebSocketDisconnected:
+            job_id = (operation.variables or {}).get("id")
+            about = f" (job {job_id})" if isinstance(job_id, str) else ""
+            logger.info(
+                "Client hung up before its subscription completed%s",
+                about,
+                extra={"job_id": job_id if about else None},
+            )
+
+    async def handle_task_exception(self, error: Exception) -> None:
+        if not isinstance(error, WebSocketDisconnected):  # that one is logged above
+            await super().handle_task_exception(error)
 
 
 class LegacyWSHandler(BaseGraphQLWSHandler["Context", None]):

@@ -107,7 +107,7 @@ def make_stack(
         redis.start()
         smtp = SmtpServer()
         smtp.start()
-        settings = make_settings(redis_url=redis.url, mail_port=smtp.port, **overrides)
+        settings = make_settings(**{"redis_url": redis.url, "mail_port": smtp.port, **overrides})
         stack = Stack(settings, redis, smtp, tmp_path_factory.mktemp("stack"))
         stacks.append(stack)
         return stack

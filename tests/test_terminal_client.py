@@ -368,3 +368,40 @@ async def test_follow_opens_a_dropped_subscription_again() -> None:
     assert isinstance(subscribe, dict) and subscribe["type"] == "subscribe"
     assert subscribe["payload"]["variables"] == {"id": UNKNOWN_ID}
     assert subscribe["payload"]["query"].startswith("subscription FollowJob")
+
+
+async def test_follow_waits_for_complete_before_hanging_up() -> None:
+    """The last `next` is followed by the server's `complete`: the client closes only after
+    it (closing on the `next` raced the server's end of the operation)."""
+    import asyncio
+
+    from websockets.asyncio.server import ServerConnection, serve
+    from websockets.typing import Subprotocol
+
+    from jobql.client import JobqlClient
+
+    open_when_complete_was_sent: list[bool] = []
+
+    async def handler(websocket: ServerConnection) -> None:
+        await websocket.recv()
+        await websocket.send(json.dumps({"type": "connection_ack"}))
+        subscribe = json.loads(await websocket.recv())
+        job = {"id": UNKNOWN_ID, "state": "SUCCESS", "done": True}
+        await websocket.send(
+            json.dumps({"id": subscribe["id"], "type": "next", "payload": {"data": {"job": job}}})
+        )
+        await asyncio.sleep(0.3)  # a client that does not wait is gone by now
+        open_when_complete_was_sent.append(websocket.state.name == "OPEN")
+        await websocket.send(json.dumps({"id": subscribe["id"], "type": "complete"}))
+        await websocket.wait_closed()
+
+    protocols = [Subprotocol("graphql-transport-ws")]
+    async with serve(handler, "127.0.0.1", 0, subprotocols=protocols) as ws:
+        port = ws.sockets[0].getsockname()[1]
+        async with JobqlClient(f"http://127.0.0.1:{port}/graphql", "the-token") as client:
+            async for job in client.follow(UNKNOWN_ID):
+                if job["done"]:
+                    break  # as `--wait` does
+        await asyncio.sleep(0.1)
+
+    assert open_when_complete_was_sent == [True]

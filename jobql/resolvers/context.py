@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from jobql.jobs import Dedupe, JobSnapshot
+    from jobql.metrics import WebMetrics
     from jobql.quotas import UserQuota
     from jobql.rate_limit import MutationRateLimit
     from jobql.reclaim import Reclaimer
@@ -43,6 +44,7 @@ class Services:
     subscriptions: UserQuota  # JOBQL_MAX_SUBSCRIPTIONS_PER_USER
     connections: UserQuota  # JOBQL_MAX_CONNECTIONS_PER_USER
     reclaimer: Reclaimer
+    metrics: WebMetrics
 
 
 class Context(BaseContext):
@@ -67,6 +69,10 @@ class Context(BaseContext):
     @property
     def watcher(self) -> JobWatcher:
         return self.services.watcher
+
+    @property
+    def metrics(self) -> WebMetrics:
+        return self.services.metrics
 
     @property
     def rate_limit(self) -> MutationRateLimit:

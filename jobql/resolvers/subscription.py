@@ -26,7 +26,10 @@ async def job(info: Info[Context, None], id: strawberry.ID) -> AsyncGenerator[Jo
         context.redis_errors_as_unavailable(),
     ):
         # Subscribe before reading the key, so that no change falls between the two.
-        async with context.watcher.watch(meta_key(job_id)) as events:
+        async with (
+            context.watcher.watch(meta_key(job_id)) as events,
+            context.metrics.subscription(),
+        ):
             record, meta = await context.store.load(job_id)
             if record.get("owner") != user_id:
                 raise NotFound("No such job.")

@@ -13,6 +13,7 @@ from strawberry.extensions import MaskErrors, SchemaExtension
 from jobql.errors import ApiError
 from jobql.resolvers import query, subscription
 from jobql.schema.documents import PreparedDocuments, limit_rules
+from jobql.schema.errors import JobqlSchema
 from jobql.schema.types import job_type
 
 if TYPE_CHECKING:
@@ -68,12 +69,19 @@ class MaskUnexpectedErrors(MaskErrors):
             result.errors = self._process_errors(errors)  # type: ignore[attr-defined]
 
 
-def build_schema(kinds: Kinds, introspection: bool = True) -> strawberry.Schema:
+def build_schema(
+    kinds: Kinds, introspection: bool = True, on_refusal: Callable[[str], None] | None = None
+) -> strawberry.Schema:
+    """The schema; `on_refusal` is told the code of each subscription refused."""
     extensions: list[type[SchemaExtension] | Callable[[], SchemaExtension]] = [
         MaskUnexpectedErrors,
         partial(PreparedDocuments, limit_rules(introspection)),
     ]
     query, mutation, subscription = root_types(kinds)
-    return strawberry.Schema(
-        query=query, mutation=mutation, subscription=subscription, extensions=extensions
+    return JobqlSchema(
+        query=query,
+        mutation=mutation,
+        subscription=subscription,
+        extensions=extensions,
+        on_refusal=on_refusal,
     )

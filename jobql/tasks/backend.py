@@ -23,7 +23,7 @@ from celery.backends.redis import RedisBackend
 from celery.exceptions import BackendStoreError
 
 from jobql.jobs import JobState, messages_key, missing_key, pending_key, record_key
-from jobql.stats import STATS_KEY, finished_increments
+from jobql.stats import STATS_KEY, finished_increments, retried_field
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -202,9 +202,13 @@ class JobResultBackend(RedisBackend):
 
 
 def _finished(state: str, request: Any) -> dict[str, float]:
-    """What a job's final write adds to the stats (nothing for other writes)."""
+    """What a job's final write, or a retry, adds to the stats (nothing for other writes)."""
     started = getattr(request, "started", None)
-    if state not in FINISHED_STATES or started is None:
+    if started is None:
         return {}
     kind = str(request.task).removeprefix("jobql.")
+    if state == states.RETRY:
+        return {retried_field(kind): 1}
+    if state not in FINISHED_STATES:
+        return {}
     return finished_increments(kind, state, time.monotonic() - started)

@@ -7,9 +7,10 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from celery import bootsteps
+from celery.worker import state
 
 from jobql.files import ResultFiles
-from jobql.stats import HEARTBEAT_SECONDS, WORKERS_KEY
+from jobql.stats import HEARTBEAT_SECONDS, RUNNING_KEY, WORKERS_KEY
 from jobql.tasks.recovery import recover_lost_jobs, take_lease
 from jobql.tasks.sweep import jobs_exist, jobs_over, sweep, sweep_job_dirs
 
@@ -55,16 +56,20 @@ def housekeeping_step(
             for entry in self.timer_entries:
                 entry.cancel()
             try:
-                client().zrem(WORKERS_KEY, self.worker_name)
+                with client().pipeline(transaction=False) as pipe:
+                    pipe.zrem(WORKERS_KEY, self.worker_name)
+                    pipe.hdel(RUNNING_KEY, self.worker_name)
+                    pipe.execute()
             except Exception:  # the worker is going away either way
                 logger.warning("Could not take this worker off the list of live workers")
 
         def heartbeat(self) -> None:
-            """Say this worker is alive (what /readyz counts)."""
+            """Say this worker is alive (what /readyz counts), and how many jobs it runs."""
             now = time.time()
             try:
                 with client().pipeline(transaction=False) as pipe:
                     pipe.zadd(WORKERS_KEY, {self.worker_name: now})
+                    pipe.hset(RUNNING_KEY, self.worker_name, len(state.active_requests))
                     pipe.zremrangebyscore(WORKERS_KEY, "-inf", now - 3600)
                     pipe.execute()
             except Exception:  # tried again at the next beat

@@ -51,6 +51,9 @@ class JobTask(Task):  # type: ignore[type-arg]
     kind: Kind[Any, Any]
     deps: Dependencies
     max_attempts: int
+    # A job that ends with a code is an expected end: Celery logs it in one INFO line,
+    # with no traceback.
+    throws = (JobFailed,)
 
     def before_start(self, task_id: str, args: Any, kwargs: Any) -> None:
         """Stamp the start time, count this delivery of this try, and say STARTED."""
