@@ -155,7 +155,7 @@ def create_app(settings: Settings | None = None) -> GraphQLFirst:
     app = FastAPI(title="jobql", lifespan=lifespan)
     health = Health(redis)
     cluster = ClusterMetrics(redis, queues=(DEFAULT_QUEUE,))
-    app.add_api_route("/healthz", healthz, include_in_schema=False)
+    app.add_api_route("/healthz", healthz(settings.run_id), include_in_schema=False)
     app.add_api_route("/readyz", health.readyz, include_in_schema=False)
     app.add_api_route("/metrics", services.metrics.exposition, include_in_schema=False)
     app.add_api_route("/metrics/cluster", cluster.exposition, include_in_schema=False)

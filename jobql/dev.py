@@ -1,30 +1,46 @@
-"""`jobql dev`: Redis, an SMTP server that prints mail, a worker and the web server, at once."""
+"""`jobql dev`: Redis, an SMTP server that prints mail, a worker and the web server, at once.
+
+Each child dies with `jobql dev`, even a `jobql dev` killed with SIGKILL (a worker's pool
+processes follow their worker). A port already taken is reported before anything starts,
+and "running" is printed only once the server that answers is the one this run started.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import importlib.util
+import json
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from contextlib import ExitStack
 from typing import TYPE_CHECKING
+from urllib.parse import quote
 
 from jobql.auth import ALL_SCOPES, issue_token
-from jobql.redis_server import RedisServer, free_port
+from jobql.lifeline import die_with_parent
+from jobql.redis_server import RedisServer, RedisServerNotFound, free_port, redis_server_binary
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
 DEV_USER = "dev"
 STOP_GRACE_SECONDS = 10
+DEV_EXTRA = "pip install -e '.[dev]'"
 
 
 class Stop(Exception):
     """A signal asked `jobql dev` to stop."""
+
+
+class CannotStart(Exception):
+    """Something `jobql dev` needs is missing or taken; the message says what to do."""
 
 
 def run_dev(host: str, port: int) -> int:
@@ -37,8 +53,9 @@ def run_dev(host: str, port: int) -> int:
     signal.signal(signal.SIGTERM, stop)
     with ExitStack() as stack:
         try:
+            _check_can_start(host, port, env)
             if not env.get("JOBQL_REDIS_URL"):
-                redis = RedisServer()
+                redis = RedisServer(with_parent=True)
                 redis.start()
                 stack.callback(redis.close)
                 env["JOBQL_REDIS_URL"] = redis.url
@@ -52,6 +69,7 @@ def run_dev(host: str, port: int) -> int:
                 print(f"smtp:    mail is printed here (SMTP server at 127.0.0.1:{smtp_port})")
             env.setdefault("JOBQL_SECRET_KEY", secrets.token_urlsafe(32))
             env.setdefault("JOBQL_INTROSPECTION", "true")
+            env["JOBQL_RUN_ID"] = run_id = secrets.token_hex(8)
             children.append(
                 _spawn([sys.executable, "-m", "jobql", "worker", "--concurrency", "2"], env)
             )
@@ -59,16 +77,20 @@ def run_dev(host: str, port: int) -> int:
                 [sys.executable, "-m", "jobql", "web", "--host", host, "--port", str(port)], env
             ))  # fmt: skip
             url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}/graphql"
-            _wait_for(url.replace("/graphql", "/healthz"), children)
+            _wait_for(url.replace("/graphql", "/healthz"), run_id, children)
             token = issue_token(env["JOBQL_SECRET_KEY"], DEV_USER, ALL_SCOPES)
-            print(f"\njobql is running. GraphiQL: {url}")
-            print("Paste this into GraphiQL's Headers tab (the token is valid for an hour):")
+            print(f"\njobql is running. GraphiQL, signed in as {DEV_USER!r} (every scope):")
+            print(f"  {graphiql_url(url, token)}")
+            print("Its Headers tab holds the dev token (valid for an hour); elsewhere, send it as:")
             print(
                 f'  {{"Authorization": "Bearer {token}"}}\nCtrl-C stops everything.\n', flush=True
             )
             while all(child.poll() is None for child in children):
                 time.sleep(0.5)
             print("A jobql process ended; stopping the rest.", file=sys.stderr)
+            return 1
+        except CannotStart as exc:
+            print(f"jobql dev: {exc}", file=sys.stderr)
             return 1
         except (KeyboardInterrupt, Stop):
             print("\nStopping jobql dev...", file=sys.stderr)
@@ -77,21 +99,71 @@ def run_dev(host: str, port: int) -> int:
             _stop_all(children)
 
 
+def graphiql_url(url: str, token: str) -> str:
+    """GraphiQL with the token in its Headers tab. It travels in the URL's fragment, which
+    browsers never send: only the page, in this browser, reads it."""
+    headers = json.dumps({"Authorization": f"Bearer {token}"})
+    return f"{url}#headers={quote(headers, safe='')}"
+
+
+def _check_can_start(host: str, port: int, env: dict[str, str]) -> None:
+    if _port_taken(host, port):
+        raise CannotStart(
+            f"port {port} on {host} is already in use (another jobql dev?); "
+            f"stop what holds it, or pick another with --port"
+        )
+    if not env.get("JOBQL_REDIS_URL"):
+        try:
+            redis_server_binary()
+        except RedisServerNotFound as exc:
+            raise CannotStart(str(exc)) from None
+    if not env.get("JOBQL_MAIL_SERVER") and importlib.util.find_spec("aiosmtpd") is None:
+        raise CannotStart(
+            f"no aiosmtpd for the local SMTP server: install the development extra "
+            f"({DEV_EXTRA}), or set JOBQL_MAIL_SERVER"
+        )
+
+
+def _port_taken(host: str, port: int) -> bool:
+    """Whether a server listens there already (bound as uvicorn binds, with SO_REUSEADDR)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return True
+            raise
+    return False
+
+
 def _spawn(command: Sequence[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
     # A session of its own: Ctrl-C reaches only `jobql dev`, which stops each child in order.
-    return subprocess.Popen(command, env=env, start_new_session=True)
+    # And a lifeline: if `jobql dev` is killed outright, the kernel kills the child.
+    return subprocess.Popen(
+        command,
+        env=env,
+        start_new_session=True,
+        preexec_fn=die_with_parent(),  # safe: `jobql dev` starts no threads
+    )
 
 
-def _wait_for(url: str, children: list[subprocess.Popen[bytes]], timeout: float = 60) -> None:
+def _wait_for(
+    url: str, run_id: str, children: list[subprocess.Popen[bytes]], timeout: float = 60
+) -> None:
+    """Until the server at `url` answers as the one started with `run_id`."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if any(child.poll() is not None for child in children):
             raise RuntimeError("a jobql process exited while starting")
         try:
-            with urllib.request.urlopen(url, timeout=1):
-                return
-        except OSError:
-            time.sleep(0.2)
+            with urllib.request.urlopen(url, timeout=1) as response:
+                if json.load(response).get("run") == run_id:
+                    return
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.2)
     raise RuntimeError(f"the web server did not answer at {url}")
 
 

