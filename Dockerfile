@@ -9,11 +9,12 @@ RUN mkdir -p jobql/static && node scripts/build-assets.mjs
 FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 WORKDIR /app
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md requirements.lock ./
+RUN pip install --no-cache-dir -r requirements.lock
 COPY jobql ./jobql
 # GraphiQL's and the job page's scripts, so the pages work without a CDN.
 COPY --from=assets /build/jobql/static/vendor ./jobql/static/vendor
-RUN pip install --no-cache-dir . \
+RUN pip install --no-cache-dir --no-deps . \
     && useradd --create-home --uid 10001 jobql \
     && mkdir -p /data/media && chown jobql /data/media
 USER jobql

@@ -7,15 +7,27 @@ INSTALLED := $(VENV)/.installed
 NODE_INSTALLED := node_modules/.installed
 ASSETS := jobql/static/vendor/.built
 
-.PHONY: install assets system-packages run test check bench fmt clean
+.PHONY: install lock assets system-packages run test check bench fmt clean
 
 install: $(INSTALLED)
 
-$(INSTALLED): pyproject.toml
+# Exactly the versions in requirements-dev.lock, then jobql itself (its dependencies are
+# all in the lock already).
+$(INSTALLED): pyproject.toml requirements-dev.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -r requirements-dev.lock
+	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $@
+
+# Pin pyproject.toml's dependencies again, at the newest versions its bounds allow:
+# requirements.lock for production (the Dockerfile), requirements-dev.lock for the rest.
+lock: install
+	$(BIN)/python -m pip install --quiet uv
+	$(BIN)/uv pip compile pyproject.toml --python-version 3.11 --no-annotate \
+		--custom-compile-command "make lock" --upgrade -o requirements.lock
+	$(BIN)/uv pip compile pyproject.toml --extra dev --python-version 3.11 --no-annotate \
+		--custom-compile-command "make lock" --upgrade -o requirements-dev.lock
 
 # GraphiQL's and the job page's scripts, served by jobql itself (without them the
 # pages fall back to a CDN).

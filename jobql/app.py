@@ -38,6 +38,7 @@ from jobql.registry import load_kinds
 from jobql.request_guard import RequestGuard
 from jobql.resolvers.context import Services
 from jobql.schema import build_schema
+from jobql.security_headers import SecurityHeaders, page_policy
 from jobql.settings import Settings
 from jobql.store import JobStore
 from jobql.watcher import JobWatcher
@@ -90,7 +91,7 @@ class GraphQLFirst:
             await self.site(scope, receive, send)
 
 
-def create_app(settings: Settings | None = None) -> GraphQLFirst:
+def create_app(settings: Settings | None = None) -> SecurityHeaders:
     settings = settings or Settings()
     secret_key = settings.require_secret_key()
     configure_logging(settings.log_json)
@@ -152,7 +153,8 @@ def create_app(settings: Settings | None = None) -> GraphQLFirst:
         incoming_dir=settings.incoming_dir,
         upload_limits=FormLimits(max_file_bytes=settings.max_upload_bytes),
     )
-    app = FastAPI(title="jobql", lifespan=lifespan)
+    # No REST routes to document: no /docs, /redoc or /openapi.json.
+    app = FastAPI(title="jobql", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     health = Health(redis)
     cluster = ClusterMetrics(redis, queues=(DEFAULT_QUEUE,))
     app.add_api_route("/healthz", healthz(settings.run_id), include_in_schema=False)
@@ -185,4 +187,5 @@ def create_app(settings: Settings | None = None) -> GraphQLFirst:
         request_timeout=settings.request_timeout,
         min_upload_rate=settings.min_upload_rate,
     )
-    return GraphQLFirst(Admission(guarded, settings.max_connections), app)
+    policy = page_policy([STATIC_DIR / "index.html", STATIC_DIR / "graphiql.html"])
+    return SecurityHeaders(GraphQLFirst(Admission(guarded, settings.max_connections), app), policy)

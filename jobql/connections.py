@@ -38,6 +38,7 @@ def create_redis(settings: Settings) -> Redis:
         settings.redis_url,
         max_connections=POOL_SIZE,
         client_name="jobql-web",
+        protocol=3,  # said, not left to redis-py's default (which changed in redis-py 8)
         timeout=backstop,
         socket_connect_timeout=backstop,
         socket_timeout=backstop,

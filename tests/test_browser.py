@@ -17,6 +17,7 @@ import pytest
 from playwright.async_api import FilePayload, async_playwright, expect
 
 from jobql.auth import SCOPE_SEND_EMAIL
+from jobql.dev import graphiql_url
 from tests.conftest import token
 from tests.images import phone_photo
 
@@ -86,12 +87,15 @@ class Watched:
     blocked: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     page_errors: list[str] = field(default_factory=list)
+    console_errors: list[str] = field(default_factory=list)
     ws_sent: list[dict[str, Any]] = field(default_factory=list)
 
     def assert_clean(self) -> None:
         assert self.blocked == [], f"the page asked for something off this machine: {self.blocked}"
         assert self.failed == [], f"resources failed to load: {self.failed}"
         assert self.page_errors == [], f"uncaught errors in the page: {self.page_errors}"
+        refused = [error for error in self.console_errors if "Content Security Policy" in error]
+        assert refused == [], f"the page's own policy refused it something: {refused}"
 
     def connection_inits(self) -> list[dict[str, Any]]:
         return [frame for frame in self.ws_sent if frame.get("type") == "connection_init"]
@@ -139,6 +143,12 @@ async def open_page(browser: Browser, *, width: int = 1280, height: int = 800) -
     page.on("requestfailed", request_failed)
     page.on("response", response)
     page.on("pageerror", lambda error: watched.page_errors.append(str(error)))
+    page.on(
+        "console",
+        lambda message: (
+            watched.console_errors.append(message.text) if message.type == "error" else None
+        ),
+    )
     page.on("websocket", websocket)
     return watched
 
@@ -236,6 +246,30 @@ async def test_graphiql_works_offline_and_sends_headers_in_connection_init(
     ]
 
     await screenshot(page, "graphiql.png")
+    watched.assert_clean()
+    await page.context.close()
+
+
+async def test_graphiql_opened_by_jobql_dev_has_the_token_in_its_headers(
+    browser: Browser, web: WebServer
+) -> None:
+    """The link `jobql dev` prints: the first query a newcomer runs works, and the token
+    does not stay in the address bar."""
+    require_vendor_files()
+    bearer = token("browser-dev")
+    watched = await open_page(browser)
+    page = watched.page
+    await page.goto(graphiql_url(web.http_url, bearer))
+    await expect(page.locator(".graphiql-query-editor .CodeMirror")).to_be_visible()
+    assert "#" not in page.url and bearer not in page.url
+
+    await run_in_graphiql(page, f'{{ job(id: "{UNKNOWN_ID}") {{ id }} }}')
+    await expect(page.locator(".graphiql-response")).to_contain_text('"job": null')
+    await page.locator(".graphiql-editor-tools button", has_text="Headers").click()
+    headers = await page.locator(
+        ".graphiql-editor-tool .graphiql-editor:not(.hidden) .CodeMirror"
+    ).evaluate("element => element.CodeMirror.getValue()")
+    assert json.loads(headers) == {"Authorization": f"Bearer {bearer}"}
     watched.assert_clean()
     await page.context.close()
 

@@ -94,9 +94,7 @@ def test_dev_runs_everything_and_ctrl_c_stops_it_all(tmp_path: Path) -> None:
         assert url and token
         assert url.group(1) == f"http://127.0.0.1:{port}/graphql"
         # GraphiQL's link carries the same token, for its Headers tab.
-        assert json.loads(unquote(url.group(2))) == {
-            "Authorization": f"Bearer {token.group(1)}"
-        }
+        assert json.loads(unquote(url.group(2))) == {"Authorization": f"Bearer {token.group(1)}"}
 
         job = post(url.group(1), token.group(1), SEND)["data"]["sendWelcomeEmail"]
         deadline = time.monotonic() + 30
