@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import importlib.util
+import importlib
 import json
 import os
 import secrets
@@ -117,11 +117,19 @@ def _check_can_start(host: str, port: int, env: dict[str, str]) -> None:
             redis_server_binary()
         except RedisServerNotFound as exc:
             raise CannotStart(str(exc)) from None
-    if not env.get("JOBQL_MAIL_SERVER") and importlib.util.find_spec("aiosmtpd") is None:
+    if not env.get("JOBQL_MAIL_SERVER") and not _importable("aiosmtpd"):
         raise CannotStart(
             f"no aiosmtpd for the local SMTP server: install the development extra "
             f"({DEV_EXTRA}), or set JOBQL_MAIL_SERVER"
         )
+
+
+def _importable(module: str) -> bool:
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        return False
+    return True
 
 
 def _port_taken(host: str, port: int) -> bool:

