@@ -75,7 +75,6 @@ class WebMetrics:
             ["cause"],
             registry=None,
         )
-        # Callbacks that fail will be counted here too, once jobs can have them.
 
     def refused_subscription(self, cause: str) -> None:
         self.subscription_refusals.labels(cause).inc()
@@ -221,6 +220,8 @@ def _job_families(stats: dict[str, float]) -> Iterator[Metric]:
     retried = CounterMetricFamily(
         "jobql_job_retries", "Retries scheduled (a temporary failure)", labels=["kind"]
     )
+    # Callbacks that fail belong here too, counted by the worker in the same hash
+    # (`callback_failed:<kind>`), once jobs can have callbacks.
     kinds = set()
     for field, value in sorted(stats.items()):
         name, _, rest = field.partition(":")

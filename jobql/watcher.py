@@ -94,11 +94,6 @@ class JobWatcher:
     def channels(self) -> int:
         return len(self._mailboxes)
 
-    @property
-    def watches(self) -> int:
-        """Open watches (one per subscription), over however many channels."""
-        return sum(len(listeners) for listeners in self._mailboxes.values())
-
     @contextlib.asynccontextmanager
     async def watch(self, channel: str) -> AsyncIterator[Mailbox]:
         """Yield a mailbox of the channel's messages, once Redis has confirmed the subscription.
