@@ -84,6 +84,8 @@ class WebMetrics:
         return OpenSubscription(self.open_subscriptions)
 
     def exposition(self) -> Response:
+        # A plain function: FastAPI calls it in its thread pool, where reading the other
+        # processes' files does not hold up the event loop.
         registry = CollectorRegistry(auto_describe=False)
         directory = os.environ.get(MULTIPROCESS_DIR)
         if directory:
