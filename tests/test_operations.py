@@ -13,8 +13,10 @@ import httpx
 import pytest
 from gql.transport.exceptions import TransportError
 from prometheus_client.parser import text_string_to_metric_families
+from redis.asyncio import Redis
 
 from jobql.auth import SCOPE_SEND_EMAIL
+from jobql.messages import task_message
 from jobql.stats import HEARTBEAT_SECONDS
 from tests.conftest import token
 from tests.graphql_clients import execute, follow, http_client, ws_client
@@ -222,3 +224,40 @@ async def test_queue_depth_age_and_jobs_running(make_stack: Callable[..., Stack]
         assert total(running, "jobql_queue_depth", queue="celery") in (1, 2)
     finally:
         silent.close()
+
+
+async def scrape_cost(web: WebServer, redis: Redis) -> dict[str, int]:
+    """The Redis commands one scrape of /metrics/cluster sent, by name."""
+    await redis.config_resetstat()
+    assert (await get(web, "/metrics/cluster")).status_code == 200
+    stats = await redis.info("commandstats")
+    return {
+        name.removeprefix("cmdstat_"): int(value["calls"])
+        for name, value in stats.items()
+        if name not in ("cmdstat_config|resetstat", "cmdstat_info")
+    }
+
+
+async def test_a_scrape_costs_the_same_whatever_the_backlog(
+    make_stack: Callable[..., Stack],
+) -> None:
+    """Queue depth is LLEN and the oldest job's age is read from the head message: a
+    backlog of thousands costs a scrape no more commands than one of a few."""
+    stack = make_stack()
+    web = stack.start_web()
+    redis = Redis.from_url(stack.settings.redis_url)
+    try:
+        for _ in range(3):
+            await send(web, "backlog")
+        small = await scrape_cost(web, redis)
+        message = task_message("jobql.welcome_email", str(uuid.uuid4()), {"recipient": "a@b.c", "username": "A"}, "celery")
+        await redis.lpush("celery", *([message] * 5000))
+        large = await scrape_cost(web, redis)
+        assert (
+            total((await get(web, "/metrics/cluster")).text, "jobql_queue_depth", queue="celery")
+            == 5003
+        )
+    finally:
+        await redis.aclose()
+    assert large == small
+    assert "lrange" not in large and "llen" in large
