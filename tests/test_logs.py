@@ -202,6 +202,7 @@ async def test_client_errors_are_one_line_each_and_no_traceback(
     assert any("BAD_USER_INPUT" in line and " INFO " in line for line in lines)
     assert any("NOT_FOUND" in line and UNKNOWN_ID in line for line in lines)
     assert any("disconnected" in line for line in lines)
+    assert any("hung up" in line and "(job " in line for line in lines)
     failed = [
         line for line in worker_log.splitlines() if rejected_id in line and "SMTP_REJECTED" in line
     ]
