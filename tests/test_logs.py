@@ -195,12 +195,20 @@ async def test_client_errors_are_one_line_each_and_no_traceback(
     assert "Traceback" not in web_log, web_log[-6000:]
     assert "Traceback" not in worker_log, worker_log[-6000:]
     lines = web_log.splitlines()
-    unauthenticated = [line for line in lines if "UNAUTHENTICATED" in line]
-    assert unauthenticated and all(
-        " WARNING " in line or " INFO " in line for line in unauthenticated
+
+    def about(code: str) -> list[str]:
+        return [line for line in lines if code in line]
+
+    # One line for each: the bad token over HTTP and over WebSocket, the bad address, the
+    # subscription to no such job (with the job id it named).
+    assert len(about("UNAUTHENTICATED")) == 2
+    assert len(about("BAD_USER_INPUT")) == 1
+    assert len(about("NOT_FOUND")) == 1 and UNKNOWN_ID in about("NOT_FOUND")[0]
+    assert all(
+        " INFO " in line
+        for code in ("UNAUTHENTICATED", "BAD_USER_INPUT", "NOT_FOUND")
+        for line in about(code)
     )
-    assert any("BAD_USER_INPUT" in line and " INFO " in line for line in lines)
-    assert any("NOT_FOUND" in line and UNKNOWN_ID in line for line in lines)
     assert any("disconnected" in line for line in lines)
     assert any("hung up" in line and "(job " in line for line in lines)
     failed = [
