@@ -63,7 +63,9 @@ def log_error(error: GraphQLError, where: str, job_id: str | None) -> None:
         return
     # Redis being away is ours to fix, but not a bug: no traceback either.
     level = logging.WARNING if code == ServiceUnavailable.code else logging.INFO
-    logger.log(level, "%s in %s%s: %s", code, where, about, error.message, extra=extra)
+    # One line, whatever the message echoes of the client's input.
+    message = " ".join(error.message.splitlines())
+    logger.log(level, "%s in %s%s: %s", code, where, about, message, extra=extra)
 
 
 def _describe(context: ExecutionContext | None) -> tuple[str, str | None]:
