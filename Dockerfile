@@ -14,7 +14,7 @@ RUN pip install --no-cache-dir -r requirements.lock
 COPY jobql ./jobql
 # GraphiQL's and the job page's scripts, so the pages work without a CDN.
 COPY --from=assets /build/jobql/static/vendor ./jobql/static/vendor
-RUN pip install --no-cache-dir --no-deps . \
+RUN pip install --no-cache-dir -c requirements.lock . \
     && useradd --create-home --uid 10001 jobql \
     && mkdir -p /data/media && chown jobql /data/media
 USER jobql

@@ -11,13 +11,13 @@ ASSETS := jobql/static/vendor/.built
 
 install: $(INSTALLED)
 
-# Exactly the versions in requirements-dev.lock, then jobql itself (its dependencies are
-# all in the lock already).
+# Exactly the versions in requirements-dev.lock, then jobql itself held to them (pip
+# refuses a lock that pyproject.toml's ranges do not admit).
 $(INSTALLED): pyproject.toml requirements-dev.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements-dev.lock
-	$(BIN)/python -m pip install --quiet --no-deps -e .
+	$(BIN)/python -m pip install --quiet -c requirements-dev.lock -e '.[dev]'
 	touch $@
 
 # Pin pyproject.toml's dependencies again, at the newest versions its bounds allow:
