@@ -250,7 +250,12 @@ async def test_a_scrape_costs_the_same_whatever_the_backlog(
         for _ in range(3):
             await send(web, "backlog")
         small = await scrape_cost(web, redis)
-        message = task_message("jobql.welcome_email", str(uuid.uuid4()), {"recipient": "a@b.c", "username": "A"}, "celery")
+        message = task_message(
+            "jobql.welcome_email",
+            str(uuid.uuid4()),
+            {"recipient": "a@b.c", "username": "A"},
+            "celery",
+        )
         await redis.lpush("celery", *([message] * 5000))
         large = await scrape_cost(web, redis)
         assert (

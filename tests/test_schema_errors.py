@@ -11,6 +11,7 @@ from strawberry.types import ExecutionResult
 
 from jobql.auth import TokenVerifier
 from jobql.errors import BadUserInput, ServiceUnavailable
+from jobql.registry import built_in_kinds
 from jobql.resolvers.context import Context
 from jobql.schema import build_schema
 from tests.conftest import SECRET_KEY, token
@@ -30,7 +31,7 @@ def wrapped(exc: Exception) -> GraphQLError:
 def test_client_errors_are_one_info_line_and_faults_keep_their_traceback(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    schema = build_schema()
+    schema = build_schema(built_in_kinds())
     with caplog.at_level(logging.INFO, logger="jobql.graphql"):
         schema.process_errors(
             [
@@ -54,7 +55,7 @@ def test_client_errors_are_one_info_line_and_faults_keep_their_traceback(
 
 async def test_a_subscription_refused_before_its_first_result_is_counted_by_cause() -> None:
     causes: list[str] = []
-    schema = build_schema(on_refusal=causes.append)
+    schema = build_schema(built_in_kinds(), on_refusal=causes.append)
     # A real token check; nothing else of the services is reached for a malformed id.
     services = cast("Services", SimpleNamespace(tokens=TokenVerifier(SECRET_KEY)))
     context = Context(services, f"Bearer {token('someone')}")
