@@ -27,6 +27,7 @@ from jobql.files import PRIVATE_URL, PUBLIC_URL, ResultFiles
 from jobql.graphql_app import JobqlGraphQL
 from jobql.health import Health, healthz
 from jobql.jobs import DEFAULT_QUEUE
+from jobql.listing import Cursors, JobListing
 from jobql.logs import configure_logging, route_uvicorn_logs_to_root
 from jobql.metrics import ClusterMetrics, WebMetrics
 from jobql.multipart import FormLimits
@@ -106,12 +107,12 @@ def create_app(settings: Settings | None = None) -> SecurityHeaders:
         issuer=settings.jwt_issuer,
         audience=settings.jwt_audience,
     )
+    store = JobStore(redis, result_expires=settings.result_expires, timeout=settings.redis_timeout)
     services = Services(
         settings=settings,
         tokens=tokens,
-        store=JobStore(
-            redis, result_expires=settings.result_expires, timeout=settings.redis_timeout
-        ),
+        store=store,
+        listing=JobListing(store.pipeline, Cursors(secret_key), settings.result_expires),
         watcher=JobWatcher(settings.redis_url, timeout=settings.redis_timeout),
         rate_limit=MutationRateLimit(
             redis, settings.redis_url, settings.rate_limit_per_minute, settings.redis_timeout

@@ -27,9 +27,15 @@ PENDING_PREFIX = "jobql:pending:"
 MESSAGES_PREFIX = "jobql:messages:"
 MISSING_PREFIX = "jobql:missing:"
 # What a snapshot needs of a job record (not the fields only the worker and recovery use).
-RECORD_FIELDS = ("owner", "kind", "created_at", "started_at")
-# Per owner, their jobs scored by creation time: what a kind reads to list a user's jobs.
+# `attempts` counts the deliveries a worker started; `expires_at` is when the record
+# expires, rewritten whenever its expiry is.
+RECORD_FIELDS = ("owner", "kind", "created_at", "started_at", "attempts", "expires_at")
+# Per owner, their jobs scored by creation time: what `jobs` and a kind read to list a
+# user's jobs.
 OWNER_PREFIX = "jobql:owner:"
+# Per owner, a pub/sub channel that carries every state write of each of their jobs (as
+# an `owner_event`), besides the job's own channel.
+OWNER_EVENTS_PREFIX = "jobql:owner-events:"
 
 
 class JobState(StrEnum):
@@ -86,9 +92,11 @@ class JobSnapshot:
     owner: str
     state: JobState
     created_at: datetime
+    expires_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
     progress: int | None = None
+    attempts: int = 0
     result: dict[str, Any] | None = None
     error: JobError | None = None
 
@@ -121,6 +129,22 @@ def owner_key(owner: str) -> str:
     return f"{OWNER_PREFIX}{owner}"
 
 
+def owner_events(owner: str) -> str:
+    return f"{OWNER_EVENTS_PREFIX}{owner}"
+
+
+def owner_event(job_id: str, record: dict[str, str], meta: str | None) -> str:
+    """What an owner's channel carries for one state write: the job's id, its record's
+    `RECORD_FIELDS` and Celery's meta as written (null before the first write)."""
+    return json.dumps({"id": job_id, "record": record, "meta": meta})
+
+
+def read_owner_event(payload: bytes | str) -> tuple[str, dict[str, str], dict[str, Any] | None]:
+    """The job id, record and meta of an `owner_event`."""
+    event = json.loads(payload)
+    return event["id"], event["record"], load_meta(event["meta"])
+
+
 def new_job_id() -> str:
     return str(uuid.uuid4())
 
@@ -136,8 +160,13 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def new_record(kind: str, owner: str, created_at: datetime) -> dict[str, str]:
-    return {"owner": owner, "kind": kind, "created_at": created_at.isoformat()}
+def new_record(kind: str, owner: str, created_at: datetime, expires_at: datetime) -> dict[str, str]:
+    return {
+        "owner": owner,
+        "kind": kind,
+        "created_at": created_at.isoformat(),
+        "expires_at": expires_at.isoformat(),
+    }
 
 
 def load_meta(raw: bytes | str | None) -> dict[str, Any] | None:
@@ -149,13 +178,17 @@ def load_meta(raw: bytes | str | None) -> dict[str, Any] | None:
 
 def snapshot(job_id: str, record: dict[str, str], meta: dict[str, Any] | None) -> JobSnapshot:
     """Combine a job record with Celery's result meta (None while nothing is stored)."""
+    created_at = datetime.fromisoformat(record["created_at"])
     base = JobSnapshot(
         id=job_id,
         kind=record["kind"],
         owner=record["owner"],
         state=JobState.PENDING,
-        created_at=datetime.fromisoformat(record["created_at"]),
+        created_at=created_at,
+        # A record written before it kept its expiry says nothing better than its creation.
+        expires_at=_parse_time(record.get("expires_at")) or created_at,
         started_at=_parse_time(record.get("started_at")),
+        attempts=int(record.get("attempts") or 0),
     )
     if meta is None:
         return base
@@ -167,7 +200,9 @@ def snapshot(job_id: str, record: dict[str, str], meta: dict[str, Any] | None) -
         owner=base.owner,
         state=state,
         created_at=base.created_at,
+        expires_at=base.expires_at,
         started_at=base.started_at,
+        attempts=base.attempts,
         finished_at=_parse_time(meta.get("date_done")) if state in TERMINAL_STATES else None,
         progress=_progress(state, result),
         result=result if state is JobState.SUCCESS and isinstance(result, dict) else None,

@@ -6,6 +6,7 @@ same moment (`AutoPipeline`).
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from jobql.connections import AutoPipeline, text
@@ -20,6 +21,8 @@ from jobql.jobs import (
     meta_key,
     new_job_id,
     new_record,
+    owner_event,
+    owner_events,
     owner_key,
     pending_key,
     record_key,
@@ -31,8 +34,6 @@ from jobql.messages import task_message
 from jobql.stats import STATS_KEY, accepted_field
 
 if TYPE_CHECKING:
-    from datetime import timedelta
-
     from redis.asyncio import Redis
 
 
@@ -41,10 +42,12 @@ NO_SUCH_JOB = "00000000-0000-0000-0000-000000000000"
 # Atomically: unless KEYS[1] (a dedupe key, when given) names an earlier job, claim it,
 # write the job record, note the job as pending with a copy of its message (kept until a
 # worker starts the job, outside the record so that the record stays a small listpack),
-# queue the task message, count it as accepted and add it to its owner's jobs (dropping
-# those old enough to have expired). Returns the earlier job's id, or false. A job whose
-# record exists is queued already: a pipeline sent again after its connection broke must
-# not queue it twice.
+# queue the task message, count it as accepted, add it to its owner's jobs and tell the
+# owner's channel. Returns the earlier job's id, or false. A job whose record exists is
+# queued already: a pipeline sent again after its connection broke must not queue it twice.
+#
+# The owner's index loses at most TRIM_BATCH expired entries per write: a write costs the
+# same however long the owner was away, and `jobs` never reads below the cutoff anyway.
 ENQUEUE_SCRIPT = """
 if redis.call('EXISTS', KEYS[2]) == 1 then return false end
 if KEYS[1] ~= '' then
@@ -52,17 +55,22 @@ if KEYS[1] ~= '' then
   if earlier then return earlier end
   redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 end
-redis.call('HSET', KEYS[2], unpack(ARGV, 7))
+redis.call('HSET', KEYS[2], unpack(ARGV, 11))
 redis.call('EXPIRE', KEYS[2], ARGV[3])
 redis.call('ZADD', KEYS[4], ARGV[5], ARGV[1])
 redis.call('HSET', KEYS[7], ARGV[1], ARGV[4])
 redis.call('LPUSH', KEYS[3], ARGV[4])
 redis.call('HINCRBY', KEYS[5], ARGV[6], 1)
 redis.call('ZADD', KEYS[6], ARGV[5], ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', ARGV[5] - ARGV[3])
+local expired = redis.call('ZCOUNT', KEYS[6], '-inf', '(' .. ARGV[7])
+if expired > 0 then
+  redis.call('ZREMRANGEBYRANK', KEYS[6], 0, math.min(expired, tonumber(ARGV[8])) - 1)
+end
 redis.call('EXPIRE', KEYS[6], ARGV[3])
+redis.call('PUBLISH', ARGV[9], ARGV[10])
 return false
 """
+TRIM_BATCH = 100
 
 
 class AlreadyQueued(Exception):
@@ -85,6 +93,11 @@ class JobStore:
         self.queue = queue
         self._pipeline = AutoPipeline(redis, timeout)
 
+    @property
+    def pipeline(self) -> AutoPipeline:
+        """The pipeline the store's calls go in, for other reads to share."""
+        return self._pipeline
+
     async def enqueue(
         self,
         kind: str,
@@ -102,7 +115,8 @@ class JobStore:
         job_id = job_id or new_job_id()
         created_at = utcnow()
         eta = created_at + delay if delay else None
-        record = new_record(kind, owner, created_at)
+        kept = timedelta(seconds=self.result_expires)
+        record = new_record(kind, owner, created_at, created_at + kept)
         message = task_message(task_name(kind), job_id, kwargs, self.queue, eta)
         keys = [
             dedupe.key if dedupe else "",
@@ -120,6 +134,10 @@ class JobStore:
             message,
             created_at.timestamp(),  # when the message is pushed, eta or not
             accepted_field(kind),
+            (created_at - kept).timestamp(),
+            TRIM_BATCH,
+            owner_events(owner),
+            owner_event(job_id, record, None),
             *(part for pair in record.items() for part in pair),
         ]
         # EVAL rather than EVALSHA: Redis keeps the compiled script either way, and a

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from jobql.redis_server import RedisServer
 
 CREATED = datetime(2025, 1, 2, 3, 4, 5, 600000, tzinfo=UTC)
+EXPIRES = CREATED + timedelta(days=1)
 OWNER = "user-1"
 AVATAR_RESULT: dict[str, Any] = {
     "url": "/media/avatars/x.webp",
@@ -54,7 +55,7 @@ SECRET_TEXT = "password=hunter2 at db.internal:5432"
 
 
 def record(kind: str = "avatar") -> dict[str, str]:
-    return new_record(kind, OWNER, CREATED)
+    return new_record(kind, OWNER, CREATED, EXPIRES)
 
 
 def read(meta: dict[str, Any] | None, job_id: str | None = None) -> JobSnapshot:
@@ -155,12 +156,13 @@ def test_no_meta_is_pending_without_progress() -> None:
 
 
 def test_record_round_trips_kind_owner_and_time() -> None:
-    rec = new_record("welcome_email", "someone", CREATED)
+    rec = new_record("welcome_email", "someone", CREATED, EXPIRES)
     assert all(isinstance(value, str) for value in rec.values())
     job = snapshot(new_job_id(), rec, None)
     assert job.kind == "welcome_email"
     assert job.owner == "someone"
     assert job.created_at == CREATED
+    assert (job.expires_at, job.attempts) == (EXPIRES, 0)
 
 
 def test_started_at_comes_from_the_record() -> None:
@@ -168,6 +170,7 @@ def test_started_at_comes_from_the_record() -> None:
     rec = {**record(), "started_at": started.isoformat(), "attempts": "1"}
     job = snapshot(new_job_id(), rec, meta("STARTED", {"attempt": 1}))
     assert job.started_at == started
+    assert job.attempts == 1
 
 
 def test_naive_started_at_is_taken_as_utc() -> None:

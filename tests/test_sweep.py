@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 import pytest
@@ -143,7 +144,8 @@ def job_id(client: redis.Redis) -> Iterator[str]:
 
 
 def write_record(client: redis.Redis, job_id: str) -> None:
-    for name, value in new_record("avatar", "alice", utcnow()).items():
+    now = utcnow()
+    for name, value in new_record("avatar", "alice", now, now + timedelta(hours=1)).items():
         client.hset(record_key(job_id), name, value)
 
 

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from jobql.jobs import Dedupe, JobSnapshot
     from jobql.metrics import WebMetrics
     from jobql.quotas import UserQuota
+    from jobql.listing import JobListing
     from jobql.rate_limit import MutationRateLimit
     from jobql.reclaim import Reclaimer
     from jobql.registry import Kinds
@@ -38,6 +39,7 @@ class Services:
     settings: Settings
     tokens: TokenVerifier
     store: JobStore
+    listing: JobListing
     watcher: JobWatcher
     rate_limit: MutationRateLimit
     kinds: Kinds

@@ -1,14 +1,28 @@
+import math
 from collections.abc import AsyncGenerator
+from enum import StrEnum
 from typing import Any
 
 import strawberry
 from strawberry.types import Info
 
 from jobql.errors import NotFound, ServiceUnavailable
-from jobql.jobs import JobSnapshot, event_order, is_job_id, load_meta, meta_key, snapshot
+from jobql.jobs import (
+    JobSnapshot,
+    JobState,
+    event_order,
+    is_job_id,
+    load_meta,
+    meta_key,
+    owner_events,
+    read_owner_event,
+    snapshot,
+)
 from jobql.resolvers.context import Context
 from jobql.store import JobStore
 from jobql.watcher import Mailbox, WatchLost
+
+BEFORE_ANY = (-math.inf,)  # orders before any write of a job
 
 
 async def job(info: Info[Context, None], id: strawberry.ID) -> AsyncGenerator[JobSnapshot, None]:
@@ -56,7 +70,46 @@ async def _changes(
         if order <= last_order:
             continue  # a write older than one already sent
         last_order = order
-        if "started_at" not in record:
+        if "started_at" not in record or (meta is not None and meta["status"] == JobState.STARTED):
+            # A delivery started: the record has its start time, attempt count and expiry.
             record = await store.record(job_id) or record
         current = snapshot(job_id, record, meta)
         yield current
+
+
+async def jobs(
+    info: Info[Context, None], kind: StrEnum | None
+) -> AsyncGenerator[JobSnapshot, None]:
+    """Every state change of every job of the caller's (of `kind`, if given), from now on,
+    jobs created later included, until the client stops.
+
+    One pub/sub channel per owner carries them (the watcher subscribes to it once per
+    process, however many subscriptions share it); a write older than one already sent
+    for the same job is dropped.
+    """
+    context = info.context
+    user_id = context.principal().user_id
+    loaded = set(context.services.kinds.names)
+    kinds = {kind.value} if kind is not None else loaded
+    with context.redis_errors_as_unavailable():
+        async with context.watcher.watch(owner_events(user_id)) as events:
+            # The last write sent of each job not yet done.
+            sent: dict[str, tuple[float, ...]] = {}
+            while True:
+                event = await events.get()
+                if isinstance(event, WatchLost):
+                    raise ServiceUnavailable(
+                        "Lost the connection to the job store; subscribe again."
+                    )
+                job_id, record, meta = read_owner_event(event)
+                if record.get("owner") != user_id or record.get("kind") not in kinds:
+                    continue
+                order = event_order(meta)
+                if order <= sent.get(job_id, BEFORE_ANY):
+                    continue
+                current = snapshot(job_id, record, meta)
+                if current.done:
+                    sent.pop(job_id, None)
+                else:
+                    sent[job_id] = order
+                yield current

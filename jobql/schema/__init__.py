@@ -14,6 +14,7 @@ from jobql.errors import ApiError
 from jobql.resolvers import query, subscription
 from jobql.schema.documents import PreparedDocuments, limit_rules
 from jobql.schema.errors import JobqlSchema
+from jobql.schema.listing import listing_fields
 from jobql.schema.types import job_type
 
 if TYPE_CHECKING:
@@ -26,15 +27,18 @@ def root_types(kinds: Kinds) -> tuple[type, type, type]:
     """Query, Mutation and Subscription. Each kind's mutation is named after its resolver
     (a resolver `do_this` is the mutation `doThis`) and answers with the `Job`."""
     job = job_type(kinds)
+    listing_queries, listing_subscriptions = listing_fields(kinds, job)
     query_fields: dict[str, Any] = {
-        "job": strawberry.field(resolver=query.job, graphql_type=job | None)
+        "job": strawberry.field(resolver=query.job, graphql_type=job | None),
+        **listing_queries,
     }
     mutation_fields: dict[str, Any] = {
         kind.mutation.__name__: strawberry.mutation(resolver=kind.mutation, graphql_type=job)
         for kind in kinds
     }
     subscription_fields: dict[str, Any] = {
-        "job": strawberry.subscription(resolver=subscription.job, graphql_type=job)
+        "job": strawberry.subscription(resolver=subscription.job, graphql_type=job),
+        **listing_subscriptions,
     }
     return (
         strawberry.type(type("Query", (), query_fields)),

@@ -48,6 +48,12 @@ def job_type(kinds: "Kinds") -> type:
         created_at: datetime
         started_at: datetime | None
         finished_at: datetime | None
+        attempts: int = strawberry.field(
+            description="Deliveries of this job that a worker started (0 while queued)."
+        )
+        expires_at: datetime = strawberry.field(
+            description="When the job and its result are forgotten."
+        )
         result = strawberry.field(
             resolver=load_result,
             graphql_type=Optional[job_result],  # noqa: UP045

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
+from datetime import datetime, timedelta
 from functools import cached_property
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, NamedTuple, cast
@@ -22,7 +23,16 @@ from celery import states
 from celery.backends.redis import RedisBackend
 from celery.exceptions import BackendStoreError
 
-from jobql.jobs import JobState, messages_key, missing_key, pending_key, record_key
+from jobql.jobs import (
+    OWNER_EVENTS_PREFIX,
+    RECORD_FIELDS,
+    RECORD_PREFIX,
+    JobState,
+    messages_key,
+    missing_key,
+    pending_key,
+    record_key,
+)
 from jobql.stats import STATS_KEY, finished_increments, retried_field
 
 if TYPE_CHECKING:
@@ -36,8 +46,26 @@ CHECKPOINT = "checkpoint"  # in the job record: what a delivery saved of an effe
 # that no task argument (the meta holds those too) can be taken for it.
 ATTEMPT_MARK = f"attempt-{secrets.token_hex(16)}"
 
-_STORE = """
-local function store(key, value, expires)
+# `store` writes a meta unless the job has succeeded already, and PUBLISHes it on the
+# job's channel and, with the job record's fields, on its owner's (`owner_event`).
+_STORE = (
+    f"""
+local record_fields = {{{", ".join(f"'{name}'" for name in RECORD_FIELDS)}}}
+local function tell_owner(record, value)
+    local values = redis.call('HMGET', record, unpack(record_fields))
+    local owner = values[1]
+    if not owner then return end
+    local fields = {{}}
+    for i, name in ipairs(record_fields) do
+        if values[i] then fields[name] = values[i] end
+    end
+    local id = string.sub(record, {len(RECORD_PREFIX) + 1})
+    local event = cjson.encode({{id = id, record = fields, meta = value}})
+    redis.call('PUBLISH', '{OWNER_EVENTS_PREFIX}' .. owner, event)
+end
+"""
+    + """
+local function store(key, value, expires, record)
     local current = redis.call('GET', key)
     if current and cjson.decode(current)['status'] == 'SUCCESS' then
         return 0
@@ -48,9 +76,12 @@ local function store(key, value, expires)
         redis.call('SET', key, value)
     end
     redis.call('PUBLISH', key, value)
+    tell_owner(record, value)
     return 1
 end
 """
+)
+assert RECORD_FIELDS[0] == "owner", "tell_owner reads the owner first"
 
 # KEYS: the meta, the stats hash, the job record. ARGV: the meta, its expiry in seconds
 # (0: none), how many record fields follow, those field and value pairs (set whether or
@@ -59,7 +90,7 @@ end
 STORE_STATE = (
     _STORE
     + """
-local stored = store(KEYS[1], ARGV[1], ARGV[2])
+local stored = store(KEYS[1], ARGV[1], ARGV[2], KEYS[3])
 local last_field = 3 + 2 * tonumber(ARGV[3])
 if last_field > 3 and redis.call('EXISTS', KEYS[3]) == 1 then
     for i = 4, last_field, 2 do
@@ -78,19 +109,22 @@ return stored
 # KEYS: the job record, its queue's pending set, the meta, its queue's message copies and
 # missing marks. ARGV: the start time, this try's deliveries field, the record's expiry,
 # the job id, the meta before and after its attempt number, the meta's expiry, the
-# record's checkpoint field. Returns the attempt number, the checkpoint an earlier
-# delivery saved ('' if none) and the owner.
+# record's checkpoint field, the time the record now expires. Returns the attempt number,
+# the checkpoint an earlier delivery saved ('' if none) and the owner. The record's
+# `attempts` counts deliveries over all tries.
 START = (
     _STORE
     + """
 redis.call('HSETNX', KEYS[1], 'started_at', ARGV[1])
 local attempt = redis.call('HINCRBY', KEYS[1], ARGV[2], 1)
+redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 redis.call('EXPIRE', KEYS[1], ARGV[3])
+redis.call('HSET', KEYS[1], 'expires_at', ARGV[9])
 -- A worker holds the message now: recovery's copy of it is not needed.
 redis.call('ZREM', KEYS[2], ARGV[4])
 redis.call('HDEL', KEYS[4], ARGV[4])
 redis.call('HDEL', KEYS[5], ARGV[4])
-store(KEYS[3], ARGV[5] .. attempt .. ARGV[6], ARGV[7])
+store(KEYS[3], ARGV[5] .. attempt .. ARGV[6], ARGV[7], KEYS[1])
 local checkpoint = redis.call('HGET', KEYS[1], ARGV[8]) or ''
 return {attempt, checkpoint, redis.call('HGET', KEYS[1], 'owner') or ''}
 """
@@ -143,7 +177,8 @@ class JobResultBackend(RedisBackend):
         keys = [record_key(task_id), pending_key(queue), self.get_key_for_task(task_id)]
         keys += [messages_key(queue), missing_key(queue)]
         argv = [started_at, deliveries_field, int(self.expires or 0), task_id, before, after]
-        argv += [int(self.expires or 0), CHECKPOINT]
+        expires_at = datetime.fromisoformat(started_at) + timedelta(seconds=self.expires or 0)
+        argv += [int(self.expires or 0), CHECKPOINT, expires_at.isoformat()]
         attempt, checkpoint, owner = self.ensure(self._start, (keys, argv))
         return Delivery(int(attempt), checkpoint.decode() or None, owner.decode())
 
