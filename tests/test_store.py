@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 import uuid
 from datetime import timedelta
 from typing import TYPE_CHECKING
@@ -11,8 +12,8 @@ from typing import TYPE_CHECKING
 import pytest
 
 from jobql.connections import create_redis
-from jobql.jobs import JobState, messages_key, meta_key, pending_key, record_key
-from jobql.store import JobStore
+from jobql.jobs import JobState, messages_key, meta_key, owner_key, pending_key, record_key
+from jobql.store import TRIM_BATCH, JobStore
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -41,6 +42,10 @@ async def test_enqueue_writes_record_and_message(store: JobStore, redis: Redis) 
     record = await redis.hgetall(record_key(job.id))
     assert record[b"owner"] == b"u1" and record[b"kind"] == b"welcome_email"
     assert 0 < await redis.ttl(record_key(job.id)) <= EXPIRES
+    assert (
+        record[b"expires_at"].decode() == (job.created_at + timedelta(seconds=EXPIRES)).isoformat()
+    )
+    assert job.expires_at == job.created_at + timedelta(seconds=EXPIRES)
     [raw] = await redis.lrange(store.queue, 0, -1)
     envelope = json.loads(raw)
     assert envelope["headers"]["task"] == "jobql.welcome_email"
@@ -113,3 +118,19 @@ async def test_get_reads_the_state_from_celerys_meta(store: JobStore, redis: Red
 
     assert current is not None
     assert (current.state, current.progress) == (JobState.PROGRESS, 60)
+
+
+async def test_owner_index_loses_expired_entries_a_bounded_batch_per_write(
+    store: JobStore, redis: Redis
+) -> None:
+    owner = f"hoarder-{uuid.uuid4()}"
+    stale = time.time() - EXPIRES - 60
+    await redis.zadd(owner_key(owner), {f"gone-{i}": stale + i / 1000 for i in range(250)})
+
+    kept = []
+    for expected_left in (250 - TRIM_BATCH, 250 - 2 * TRIM_BATCH, 0):
+        kept.append((await store.enqueue("welcome_email", owner, {})).id)
+        assert await redis.zcount(owner_key(owner), "-inf", stale + 1) == expected_left
+
+    assert {m.decode() for m in await redis.zrange(owner_key(owner), 0, -1)} == set(kept)
+    assert 0 < await redis.ttl(owner_key(owner)) <= EXPIRES
