@@ -10,6 +10,7 @@ import json
 import time
 import uuid
 from datetime import datetime, timedelta
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -147,7 +148,7 @@ class Feed:
         for _ in range(20):
             job_id = (await make_job())["id"]
             try:
-                await self.until(lambda events, j=job_id: any(e["id"] == j for e in events), 1)
+                await self.until(partial(_has, job_id), 1)
                 return
             except TimeoutError:
                 continue
@@ -155,6 +156,10 @@ class Feed:
 
     def of(self, job_id: str) -> list[str]:
         return [event["state"] for event in self.events if event["id"] == job_id]
+
+
+def _has(job_id: str, events: list[dict[str, Any]]) -> bool:
+    return any(event["id"] == job_id for event in events)
 
 
 # --- jobs --------------------------------------------------------------------------------
@@ -342,14 +347,14 @@ async def test_state_writes_are_published_per_owner(web: WebServer, settings: Se
     await pubsub.subscribe(owner_events(user), owner_events(new_user()))
     try:
         job = await email_job(web, user)
-        events = []
+        events: list[dict[str, Any]] = []
         async with asyncio.timeout(30):
             while not events or events[-1]["meta"] is None or "SUCCESS" not in events[-1]["meta"]:
                 message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
                 if message is not None:
                     events.append({**json.loads(message["data"]), "channel": message["channel"]})
     finally:
-        await pubsub.aclose()
+        await pubsub.aclose()  # type: ignore[no-untyped-call]
         await client.aclose()
 
     assert {event["channel"] for event in events} == {owner_events(user).encode()}

@@ -42,9 +42,8 @@ async def test_enqueue_writes_record_and_message(store: JobStore, redis: Redis) 
     record = await redis.hgetall(record_key(job.id))
     assert record[b"owner"] == b"u1" and record[b"kind"] == b"welcome_email"
     assert 0 < await redis.ttl(record_key(job.id)) <= EXPIRES
-    assert (
-        record[b"expires_at"].decode() == (job.created_at + timedelta(seconds=EXPIRES)).isoformat()
-    )
+    expires_at = (job.created_at + timedelta(seconds=EXPIRES)).isoformat()
+    assert record[b"expires_at"] == expires_at.encode()
     assert job.expires_at == job.created_at + timedelta(seconds=EXPIRES)
     [raw] = await redis.lrange(store.queue, 0, -1)
     envelope = json.loads(raw)
@@ -132,5 +131,5 @@ async def test_owner_index_loses_expired_entries_a_bounded_batch_per_write(
         kept.append((await store.enqueue("welcome_email", owner, {})).id)
         assert await redis.zcount(owner_key(owner), "-inf", stale + 1) == expected_left
 
-    assert {m.decode() for m in await redis.zrange(owner_key(owner), 0, -1)} == set(kept)
+    assert set(await redis.zrange(owner_key(owner), 0, -1)) == {i.encode() for i in kept}
     assert 0 < await redis.ttl(owner_key(owner)) <= EXPIRES
