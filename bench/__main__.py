@@ -19,6 +19,7 @@ from typing import Any
 
 from bench.depth import depth
 from bench.harness import open_bench
+from bench.listing import listing
 from bench.measure import (
     FULL,
     SMOKE,
@@ -33,7 +34,7 @@ from bench.report import table
 HERE = Path(__file__).parent
 
 
-PARTS = ("enqueue", "upload_ack", "freshness", "processing", "completion", "depth")
+PARTS = ("enqueue", "upload_ack", "freshness", "processing", "completion", "depth", "listing")
 
 
 async def run(smoke: bool, parts: tuple[str, ...] = PARTS) -> dict[str, Any]:
@@ -55,6 +56,8 @@ async def run(smoke: bool, parts: tuple[str, ...] = PARTS) -> dict[str, Any]:
             figures["completion"] = await completion(bench, size)
         if "depth" in parts:
             figures["depth"] = await depth(bench, size)
+        if "listing" in parts:
+            figures["listing"] = await listing(bench, size)
     return figures
 
 

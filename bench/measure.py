@@ -54,10 +54,11 @@ class Size:
     rounds: int  # runs a side of enqueue and completion, taking turns with the other side's
     backlog: int  # jobs queued for the depth part
     stall_seconds: int  # how long the depth part watches Redis with a worker's timers running
+    listed_jobs: int  # the jobs of the user whose `jobs` pages are timed
 
 
-FULL = Size(10, 32, 15, (1000, 10000), 300, 15, 2000, 300, True, 3, 1_000_000, 30)
-SMOKE = Size(1, 4, 2, (20,), 10, 1, 10, 4, False, 1, 2_000, 3)
+FULL = Size(10, 32, 15, (1000, 10000), 300, 15, 2000, 300, True, 3, 1_000_000, 30, 10_000)
+SMOKE = Size(1, 4, 2, (20,), 10, 1, 10, 4, False, 1, 2_000, 3, 200)
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -73,12 +74,20 @@ def flush(bench: Bench) -> None:
 # 1. Enqueue throughput and latency
 
 
-def wrk(url: str, script: str, size: Size) -> dict[str, Any]:
+def wrk(
+    url: str,
+    script: str,
+    size: Size,
+    token: str = TOKEN,
+    connections: int | None = None,
+    **env_vars: str,
+) -> dict[str, Any]:
+    connections = connections or size.wrk_connections
     command = [
-        "wrk", "-t2", f"-c{size.wrk_connections}", f"-d{size.wrk_seconds}s", "--latency",
-        "-s", str(WRK_DIR / script), url,
+        "wrk", f"-t{min(2, connections)}", f"-c{connections}", f"-d{size.wrk_seconds}s",
+        "--latency", "-s", str(WRK_DIR / script), url,
     ]  # fmt: skip
-    env = {**os.environ, "WRK_DIR": str(WRK_DIR), "TOKEN": TOKEN}
+    env = {**os.environ, "WRK_DIR": str(WRK_DIR), "TOKEN": token, **env_vars}
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
     figures: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     figures["rps"] = figures["requests"] / figures["seconds"]

@@ -10,6 +10,7 @@ Row = tuple[str, str, str, str, str, str]
 def table(f: dict[str, Any]) -> str:
     rows = [*_enqueue(f["enqueue"]), *_uploads(f["upload_ack"]), *_freshness(f["freshness"])]
     rows += [*_processing(f["processing"]), *_completion(f["completion"]), *_depth(f["depth"])]
+    rows += _listing(f["listing"])
     head = "| measure | jobql | reference | jobql / reference | target | met |\n"
     rule = "|---|---|---|---|---|---|\n"
     return head + rule + "\n".join("| " + " | ".join(row) + " |" for row in rows)
@@ -127,5 +128,29 @@ def _depth(d: dict[str, Any]) -> list[Row]:
         _row(
             f"7. Redis memory per queued job ({memory})",
             d["per_job_bytes"], None, "B", "<= 2700 B", d["per_job_bytes"] <= 2700,
+        ),
+    ]  # fmt: skip
+
+
+def _listing(li: dict[str, Any]) -> list[Row]:
+    page, filtered = li["first20"], li["first20_state"]
+    ours, theirs = li["with_index"], li["without_index"]
+    return [
+        _row(
+            f"8. jobs(first: 20), a user with {li['jobs']} jobs, one web process, p99 "
+            f"(median {page['p50_ms']:.2f} ms)",
+            page["p99_ms"], None, "ms", "< 10 ms", page["p99_ms"] < 10 and not page["errors"],
+        ),
+        _row(
+            f"8. jobs(first: 20, state: SUCCESS) when none has, p99 (median "
+            f"{filtered['p50_ms']:.2f} ms; reads its scan budget of 1000)",
+            filtered["p99_ms"], None, "ms", "< 10 ms",
+            filtered["p99_ms"] < 10 and not filtered["errors"],
+        ),
+        _row(
+            "8. enqueue requests/s with the owner index (reference: the same script without "
+            "it; one web process each)",
+            ours["rps"], theirs["rps"], "req/s", ">= 0.95x",
+            ours["rps"] >= 0.95 * theirs["rps"] and not ours["errors"] and not theirs["errors"],
         ),
     ]  # fmt: skip

@@ -21,7 +21,7 @@ def test_bench_smoke_run_measures_every_part(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr[-3000:]
     rows = [line for line in done.stdout.splitlines() if line.startswith("| ")]
-    assert len(rows) == 1 + 14  # the header, and one row per figure
+    assert len(rows) == 1 + 17  # the header, and one row per figure
     assert "VOID" not in done.stdout
     figures = json.loads((tmp_path / "latest.json").read_text())
     assert figures["smoke"] is True
@@ -33,3 +33,6 @@ def test_bench_smoke_run_measures_every_part(tmp_path: Path) -> None:
     assert figures["processing"]["jpeg_12mp"]["jobql_ms"] > 0
     assert figures["depth"]["recovery_calls"] > 0
     assert 0 < figures["depth"]["per_job_bytes"] < 10_000
+    listing = figures["listing"]
+    assert listing["first20"]["requests"] > 0 and listing["first20"]["errors"] == 0
+    assert listing["with_index"]["errors"] == listing["without_index"]["errors"] == 0
