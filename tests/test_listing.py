@@ -27,11 +27,12 @@ from jobql.store import JobStore
 from tests.conftest import token
 from tests.graphql_clients import http_client, ws_client
 from tests.images import phone_photo
-from tests.support import SEND_WELCOME, UPLOAD_AVATAR
+from tests.support import SEND_WELCOME, UPLOAD_AVATAR, start_web
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
 
+    from jobql.redis_server import RedisServer
     from jobql.settings import Settings
     from tests.support import Stack, WebServer
 
@@ -116,6 +117,8 @@ class Feed:
         self._client = ws_client(web, token(user, SCOPE_SEND_EMAIL))
         self._kind = kind
         self._task: asyncio.Task[None] | None = None
+        self.error: TransportQueryError | None = None  # what the server ended it with
+        self.ended = asyncio.Event()
 
     async def __aenter__(self) -> Feed:
         self._task = asyncio.create_task(self._read())
@@ -123,6 +126,9 @@ class Feed:
 
     async def __aexit__(self, *exc: object) -> None:
         assert self._task is not None
+        if self.ended.is_set():
+            await self._task
+            return
         self._task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await self._task
@@ -130,10 +136,14 @@ class Feed:
     async def _read(self) -> None:
         request = gql(FEED)
         request.variable_values = {"kind": self._kind} if self._kind else {}
-        async with self._client as session:
-            async for result in session.subscribe(request):
-                self.events.append(result["jobs"])
-                self.arrived.set()
+        try:
+            async with self._client as session:
+                async for result in session.subscribe(request):
+                    self.events.append(result["jobs"])
+                    self.arrived.set()
+        except TransportQueryError as exc:
+            self.error = exc
+        self.ended.set()
 
     async def until(
         self, done: Callable[[list[dict[str, Any]]], bool], timeout: float = 30
@@ -433,3 +443,31 @@ async def test_page_cost_does_not_grow_with_the_users_jobs(
     # Whose cursor goes on from where the budget ran out.
     after = listed["pageInfo"]["endCursor"]
     assert (await page(stack.web, user, first=20, after=after))["edges"]
+
+
+async def test_lost_pubsub_ends_waits_and_feeds_as_service_unavailable(
+    own_redis: RedisServer,
+    make_settings: Callable[..., Settings],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    settings = make_settings(redis_url=own_redis.url, redis_timeout=0.5)
+    web = start_web(settings, tmp_path_factory.mktemp("logs") / "lost-web.log")
+    try:
+        user = new_user()
+        job = await email_job(web, user, delay=60)  # no worker here: it stays PENDING
+        feed = Feed(web, user)
+        async with feed:
+            await feed.listening(lambda: email_job(web, user, delay=60))
+            waiting = asyncio.create_task(wait(web, user, job["id"], timeout=60))
+            await asyncio.sleep(0.5)  # the wait is watching the job's channel
+
+            own_redis.stop()
+
+            with pytest.raises(TransportQueryError) as raised:
+                await asyncio.wait_for(waiting, 10)
+            assert raised.value.errors
+            assert raised.value.errors[0]["extensions"]["code"] == "SERVICE_UNAVAILABLE"
+            await asyncio.wait_for(feed.ended.wait(), 10)
+        assert feed.error is not None and "SERVICE_UNAVAILABLE" in str(feed.error)
+    finally:
+        web.process.stop()
