@@ -4,7 +4,9 @@ enqueue throughput: jobql's enqueue script against the same script without the i
 from __future__ import annotations
 
 import asyncio
+import statistics
 import sys
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from redis import Redis
@@ -19,6 +21,8 @@ from jobql.settings import Settings
 from jobql.store import JobStore
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from bench.measure import Size
 
 LISTER = "lister"
@@ -53,7 +57,11 @@ async def listing(bench: Bench, size: Size) -> dict[str, Any]:
         assert client.zcard(owner_key(LISTER)) == size.listed_jobs
     token = issue_token(SECRET_KEY, LISTER, ())
     for name, arguments in PAGES.items():
-        figures[name] = wrk(url, "jobs.lua", size, token=token, connections=1, JOBS_ARGS=arguments)
+        with redis_time(bench) as script:
+            figures[name] = wrk(
+                url, "jobs.lua", size, token=token, connections=1, JOBS_ARGS=arguments
+            )
+        figures[name]["redis_us"] = script["usec_per_call"]
     web.stop()
     flush(bench)
 
@@ -62,13 +70,32 @@ async def listing(bench: Bench, size: Size) -> dict[str, Any]:
     base, base_url = without_index(bench)
     runs: dict[str, list[dict[str, Any]]] = {"with_index": [], "without_index": []}
     for _ in range(size.rounds):
-        runs["with_index"].append(wrk(our_url, "jobql.lua", size))
+        with redis_time(bench) as script:
+            runs["with_index"].append(wrk(our_url, "jobql.lua", size))
+        runs["with_index"][-1]["redis_us"] = script["usec_per_call"]
         flush(bench)
-        runs["without_index"].append(wrk(base_url, "jobql.lua", size))
+        with redis_time(bench) as script:
+            runs["without_index"].append(wrk(base_url, "jobql.lua", size))
+        runs["without_index"][-1]["redis_us"] = script["usec_per_call"]
         with Redis.from_url(bench.redis.url) as client:
             assert not client.exists(owner_key("bench")), "the baseline wrote the owner index"
         flush(bench)
     ours.stop()
     base.stop()
-    figures.update({side: _median_run(side_runs) for side, side_runs in runs.items()})
+    for side, side_runs in runs.items():
+        figures[side] = _median_run(side_runs)
+        figures[side]["redis_us"] = statistics.median(run["redis_us"] for run in side_runs)
     return figures
+
+
+@contextmanager
+def redis_time(bench: Bench) -> Iterator[dict[str, float]]:
+    """Yields a dict that holds, after the block, the Redis time of each EVAL in it (the
+    one script of a page, or of an enqueue): a figure that other load on the machine
+    moves far less than a latency."""
+    figures: dict[str, float] = {}
+    with Redis.from_url(bench.redis.url) as client:
+        client.config_resetstat()
+        yield figures
+        stats: dict[str, Any] = client.info("commandstats")
+    figures.update(stats.get("cmdstat_eval", {"usec_per_call": 0.0, "calls": 0}))
