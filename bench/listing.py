@@ -17,6 +17,7 @@ from bench.measure import _median_run, flush, wrk
 from jobql.auth import issue_token
 from jobql.connections import create_redis
 from jobql.jobs import owner_key
+from jobql.listing import SCAN_BUDGET
 from jobql.redis_server import free_port
 from jobql.settings import Settings
 from jobql.store import JobStore
@@ -51,7 +52,7 @@ def without_index(bench: Bench) -> tuple[Any, str]:
 
 
 async def listing(bench: Bench, size: Size) -> dict[str, Any]:
-    figures: dict[str, Any] = {"jobs": size.listed_jobs}
+    figures: dict[str, Any] = {"jobs": size.listed_jobs, "scan_budget": SCAN_BUDGET}
     web, url = bench.jobql_web(workers=1)
     await fill(bench, size.listed_jobs)
     with Redis.from_url(bench.redis.url) as client:

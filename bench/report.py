@@ -143,7 +143,7 @@ def _listing(li: dict[str, Any]) -> list[Row]:
         ),
         _row(
             f"8. jobs(first: 20, state: SUCCESS) when none has, p99 (median "
-            f"{filtered['p50_ms']:.2f} ms; reads its scan budget of 1000 in "
+            f"{filtered['p50_ms']:.2f} ms; reads its scan budget of {li['scan_budget']} in "
             f"{filtered['redis_us']:.0f} us of Redis time)",
             filtered["p99_ms"], None, "ms", "< 10 ms",
             filtered["p99_ms"] < 10 and not filtered["errors"],
