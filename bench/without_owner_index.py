@@ -17,9 +17,10 @@ if KEYS[1] ~= '' then
   if earlier then return earlier end
   redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 end
-redis.call('HSET', KEYS[2], 'message', ARGV[4], unpack(ARGV, 12))
+redis.call('HSET', KEYS[2], unpack(ARGV, 11))
 redis.call('EXPIRE', KEYS[2], ARGV[3])
 redis.call('ZADD', KEYS[4], ARGV[5], ARGV[1])
+redis.call('HSET', KEYS[7], ARGV[1], ARGV[4])
 redis.call('LPUSH', KEYS[3], ARGV[4])
 redis.call('HINCRBY', KEYS[5], ARGV[6], 1)
 return false

@@ -21,9 +21,9 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from jobql.jobs import Dedupe, JobSnapshot
+    from jobql.listing import JobListing
     from jobql.metrics import WebMetrics
     from jobql.quotas import UserQuota
-    from jobql.listing import JobListing
     from jobql.rate_limit import MutationRateLimit
     from jobql.reclaim import Reclaimer
     from jobql.registry import Kinds

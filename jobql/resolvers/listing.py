@@ -60,8 +60,10 @@ async def wait_for_job(
     timeout = DEFAULT_WAIT_SECONDS if timeout_seconds is None else timeout_seconds
     if not 1 <= timeout <= MAX_WAIT_SECONDS:
         raise BadUserInput(f"timeoutSeconds must be 1..{MAX_WAIT_SECONDS}.", field="timeoutSeconds")
-    kinds = context.services.kinds
-    with context.redis_errors_as_unavailable():
+    services = context.services
+    kinds = services.kinds
+    # A wait holds a watch as a subscription does, and counts against the same cap.
+    with services.subscriptions.hold(user_id), context.redis_errors_as_unavailable():
         if not is_job_id(job_id):
             return await context.store.get(job_id, owner=user_id)  # None, in the same time
         # Subscribe before reading the job, so that its end cannot fall between the two.

@@ -89,9 +89,14 @@ async def jobs(
     """
     context = info.context
     user_id = context.principal().user_id
-    loaded = set(context.services.kinds.names)
-    kinds = {kind.value} if kind is not None else loaded
-    with context.redis_errors_as_unavailable():
+    services = context.services
+    kinds = {kind.value} if kind is not None else set(services.kinds.names)
+    with (
+        # Over every connection and transport of this process; RATE_LIMITED past the cap.
+        services.subscriptions.hold(user_id),
+        services.reclaimer.counted(),
+        context.redis_errors_as_unavailable(),
+    ):
         async with context.watcher.watch(owner_events(user_id)) as events:
             # The last write sent of each job not yet done.
             sent: dict[str, tuple[float, ...]] = {}
