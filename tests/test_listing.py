@@ -471,3 +471,32 @@ async def test_lost_pubsub_ends_waits_and_feeds_as_service_unavailable(
         assert feed.error is not None and "SERVICE_UNAVAILABLE" in str(feed.error)
     finally:
         web.process.stop()
+
+
+async def test_feeds_and_waits_count_against_the_subscription_cap(
+    make_stack: Callable[..., Stack],
+) -> None:
+    stack = make_stack(max_subscriptions_per_user=1)
+    web = stack.start_web()
+    user = new_user()
+    job = await email_job(web, user, delay=60)  # no worker here: it stays PENDING
+    async with Feed(web, user) as first:
+        await first.listening(lambda: email_job(web, user, delay=60))
+        second = Feed(web, user)
+        async with second:
+            await asyncio.wait_for(second.ended.wait(), 10)
+        assert second.error is not None and "RATE_LIMITED" in str(second.error.errors)
+        assert await refused(web, user, WAIT, id=job["id"], timeout=1) == "RATE_LIMITED"
+        # Another user is not held back.
+        assert await wait(web, new_user(), job["id"], timeout=1) is None
+    # The feed's place is given back once the server has seen its WebSocket close.
+    async with asyncio.timeout(10):
+        while True:
+            try:
+                current = await wait(web, user, job["id"], timeout=1)
+                break
+            except TransportQueryError as exc:
+                codes = [error["extensions"]["code"] for error in exc.errors or []]
+            assert codes == ["RATE_LIMITED"]
+            await asyncio.sleep(0.1)
+    assert current["state"] == "PENDING"

@@ -78,7 +78,7 @@ async def test_enqueue_keeps_the_message_copy_beside_a_compact_record(
 
     [raw] = await redis.lrange(store.queue, 0, -1)
     record = await redis.hgetall(record_key(job.id))
-    assert set(record) == {b"owner", b"kind", b"created_at"}
+    assert set(record) == {b"owner", b"kind", b"created_at", b"expires_at"}
     # Small fields only: Redis keeps the record in its compact encoding.
     assert await redis.object("encoding", record_key(job.id)) in (b"ziplist", b"listpack")
     assert await redis.hget(messages_key(store.queue), job.id) == raw
