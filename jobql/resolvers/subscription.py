@@ -97,7 +97,10 @@ async def jobs(
         services.reclaimer.counted(),
         context.redis_errors_as_unavailable(),
     ):
-        async with context.watcher.watch(owner_events(user_id)) as events:
+        async with (
+            context.watcher.watch(owner_events(user_id)) as events,
+            context.metrics.subscription(),
+        ):
             # The last write sent of each job not yet done.
             sent: dict[str, tuple[float, ...]] = {}
             while True:
