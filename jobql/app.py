@@ -110,7 +110,10 @@ def create_app(settings: Settings | None = None) -> SecurityHeaders:
         settings=settings,
         tokens=tokens,
         store=JobStore(
-            redis, result_expires=settings.result_expires, timeout=settings.redis_timeout
+            redis,
+            result_expires=settings.result_expires,
+            timeout=settings.redis_timeout,
+            queue_ttl=settings.queue_ttl,
         ),
         watcher=JobWatcher(settings.redis_url, timeout=settings.redis_timeout),
         rate_limit=MutationRateLimit(

@@ -30,6 +30,11 @@ MISSING_PREFIX = "jobql:missing:"
 RECORD_FIELDS = ("owner", "kind", "created_at", "started_at")
 # Per owner, their jobs scored by creation time: what a kind reads to list a user's jobs.
 OWNER_PREFIX = "jobql:owner:"
+# In the job record, once its owner has cancelled it: a worker that starts it drops it, and
+# a running body stops at its next checkpoint.
+CANCELLED_FIELD = "cancelled"
+CANCELLED = "CANCELLED"  # the error code of a job its owner cancelled
+EXPIRED = "EXPIRED"  # the error code of a job no worker started within the queue deadline
 
 
 class JobState(StrEnum):
@@ -175,10 +180,23 @@ def snapshot(job_id: str, record: dict[str, str], meta: dict[str, Any] | None) -
     )
 
 
+def revoked_meta(job_id: str, code: str, message: str) -> str:
+    """The REVOKED result meta jobql writes itself (Celery's fields, as `snapshot` reads them)."""
+    meta: dict[str, Any] = {
+        "status": JobState.REVOKED.value,
+        "result": {"code": code, "message": message},
+        "traceback": None,
+        "children": [],
+        "date_done": utcnow().isoformat(),
+        "task_id": job_id,
+    }
+    return json.dumps(meta)
+
+
 def job_error(state: JobState, result: object) -> JobError | None:
     """The client-facing error of a FAILURE or REVOKED meta; never a traceback."""
     if state is JobState.REVOKED:
-        return JobError("REVOKED", "The job was cancelled.", retryable=True)
+        return _revoked_error(result)
     if state is not JobState.FAILURE:
         return None
     if isinstance(result, dict):
@@ -194,6 +212,19 @@ def job_error(state: JobState, result: object) -> JobError | None:
         if result.get("exc_type") == "WorkerLostError":
             return JobError("WORKER_LOST", "The worker running the job died.", retryable=True)
     return JobError("INTERNAL", "The job failed unexpectedly.", retryable=False)
+
+
+def _revoked_error(result: object) -> JobError:
+    if isinstance(result, dict):
+        code = result.get("code")
+        if isinstance(code, str):
+            return JobError(code, str(result.get("message", "")), retryable=True)
+        # Celery's own mark for a message past its `expires`.
+        if result.get("exc_type") == "TaskRevokedError" and result.get("exc_message") == [
+            "expired"
+        ]:
+            return JobError(EXPIRED, "No worker started the job before its deadline.", True)
+    return JobError("REVOKED", "The job was cancelled.", retryable=True)
 
 
 def event_order(meta: dict[str, Any] | None) -> tuple[float, ...]:

@@ -6,10 +6,13 @@ same moment (`AutoPipeline`).
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from jobql.connections import AutoPipeline, text
 from jobql.jobs import (
+    CANCELLED,
+    CANCELLED_FIELD,
     DEFAULT_QUEUE,
     RECORD_FIELDS,
     Dedupe,
@@ -18,11 +21,13 @@ from jobql.jobs import (
     load_meta,
     messages_key,
     meta_key,
+    missing_key,
     new_job_id,
     new_record,
     owner_key,
     pending_key,
     record_key,
+    revoked_meta,
     snapshot,
     task_name,
     utcnow,
@@ -31,8 +36,6 @@ from jobql.messages import task_message
 from jobql.stats import STATS_KEY, accepted_field
 
 if TYPE_CHECKING:
-    from datetime import timedelta
-
     from redis.asyncio import Redis
 
 
@@ -65,6 +68,30 @@ return false
 """
 
 
+# Atomically, for the owner ARGV[1] of the job whose record is KEYS[1]: nothing if the job
+# is done; else mark the record cancelled (a worker that takes the message drops it; a
+# running body stops at its next checkpoint) and, unless a worker holds it now (queued,
+# delayed or waiting to retry), end it REVOKED at once: the meta ARGV[2] written and
+# PUBLISHed, and recovery's copy of its message dropped. Returns 0 if the job is not
+# the owner's, 1 otherwise. Decides every race with the worker's START script, which
+# reads the same mark in the same way.
+CANCEL_SCRIPT = """
+if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return 0 end
+local current = redis.call('GET', KEYS[2])
+local status = current and cjson.decode(current)['status'] or 'PENDING'
+if status == 'SUCCESS' or status == 'FAILURE' or status == 'REVOKED' then return 1 end
+redis.call('HSET', KEYS[1], ARGV[5], '1')
+if status == 'PENDING' or status == 'RETRY' then
+  redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[4])
+  redis.call('PUBLISH', KEYS[2], ARGV[2])
+  redis.call('ZREM', KEYS[3], ARGV[3])
+  redis.call('HDEL', KEYS[4], ARGV[3])
+  redis.call('HDEL', KEYS[5], ARGV[3])
+end
+return 1
+"""
+
+
 class AlreadyQueued(Exception):
     """An earlier job holds the dedupe key; `job_id` is that job."""
 
@@ -80,8 +107,10 @@ class JobStore:
         result_expires: int,
         queue: str = DEFAULT_QUEUE,
         timeout: float | None = None,
+        queue_ttl: int = 3600,
     ) -> None:
         self.result_expires = result_expires
+        self.queue_ttl = queue_ttl
         self.queue = queue
         self._pipeline = AutoPipeline(redis, timeout)
 
@@ -103,7 +132,10 @@ class JobStore:
         created_at = utcnow()
         eta = created_at + delay if delay else None
         record = new_record(kind, owner, created_at)
-        message = task_message(task_name(kind), job_id, kwargs, self.queue, eta)
+        # Past this, a worker that takes the message marks the job REVOKED (Celery's
+        # `expires`): a backlog that clears late does not run stale jobs.
+        expires = (eta or created_at) + timedelta(seconds=self.queue_ttl)
+        message = task_message(task_name(kind), job_id, kwargs, self.queue, eta, expires)
         keys = [
             dedupe.key if dedupe else "",
             record_key(job_id),
@@ -128,6 +160,17 @@ class JobStore:
         if earlier:
             raise AlreadyQueued(text(earlier))
         return snapshot(job_id, record, None)
+
+    async def cancel(self, job_id: str, owner: str) -> JobSnapshot | None:
+        """Cancel `owner`'s job (see CANCEL_SCRIPT) and answer with it as it is then; None
+        when it does not exist, has expired or is not `owner`'s."""
+        job_id = job_id if is_job_id(job_id) else NO_SUCH_JOB
+        meta = revoked_meta(job_id, CANCELLED, "The job was cancelled.")
+        keys = [record_key(job_id), meta_key(job_id), pending_key(self.queue)]
+        keys += [messages_key(self.queue), missing_key(self.queue)]
+        args = [owner, meta, job_id, self.result_expires, CANCELLED_FIELD]
+        [mine] = await self._pipeline.execute(("EVAL", CANCEL_SCRIPT, len(keys), *keys, *args))
+        return await self.get(job_id, owner) if mine else None
 
     async def get(self, job_id: str, owner: str) -> JobSnapshot | None:
         """The job, or None when it does not exist, has expired or is not `owner`'s."""

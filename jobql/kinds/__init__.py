@@ -59,6 +59,7 @@ __all__ = [
     "DuplicateJob",
     "FileArea",
     "Forbidden",
+    "JobCancelled",
     "JobFailed",
     "JobFiles",
     "JobSnapshot",
@@ -102,6 +103,11 @@ class RetryLater(Exception):
         self.message = message
 
 
+class JobCancelled(Exception):
+    """Raised by `TaskContext.check_cancelled` when the job's owner has cancelled it: the
+    job ends REVOKED with CANCELLED. A body lets it pass (cleaning up in `finally`)."""
+
+
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
     """How often and how soon a `RetryLater` is tried again, read from the settings."""
@@ -129,6 +135,9 @@ class TaskContext:
     checkpoint: str | None
     report_progress: Callable[[int], None]
     save_checkpoint: Callable[[str, int], None]  # the value, and the progress to report
+    # A checkpoint: raises `JobCancelled` if the owner has cancelled the job. Call it
+    # between steps, and before an effect that cannot be undone (one round trip).
+    check_cancelled: Callable[[], None] = lambda: None
 
 
 @dataclass(frozen=True, slots=True)

@@ -127,7 +127,7 @@ def make(ctx: TaskContext, payload: AvatarPayload) -> AvatarResult:
                 image_format=payload.image_format,
                 max_pixels=ctx.settings.max_image_pixels,
                 max_decoded_bytes=ctx.settings.max_decoded_image_bytes,
-                progress=ctx.report_progress,
+                progress=lambda percent: _step(ctx, percent),
             )
         if ctx.attempt > 1:
             remove_leftovers(destination)
@@ -146,6 +146,17 @@ def make(ctx: TaskContext, payload: AvatarPayload) -> AvatarResult:
         size_bytes=made.size_bytes,
         format=made.format,
     )
+
+
+AVATAR_WRITTEN = 90
+
+
+def _step(ctx: TaskContext, percent: int) -> None:
+    """Between decode, resize and encode: a checkpoint, then the progress report. Once the
+    avatar is written (90) there is nothing left to stop."""
+    if percent < AVATAR_WRITTEN:
+        ctx.check_cancelled()
+    ctx.report_progress(percent)
 
 
 # --- the terminal client: `jobql upload-avatar` -----------------------------------------------

@@ -126,6 +126,7 @@ def send(ctx: TaskContext, payload: WelcomePayload) -> EmailResult:
     from jobql.tasks.mail import MailRejected, MailTemporarilyFailed  # the worker's side
 
     email = welcome(ctx.mailer, ctx.settings.site_name, ctx.job_id, payload)
+    ctx.check_cancelled()  # the last moment an email can still be not sent
     try:
         # Saved as soon as the server has accepted it: no later delivery sends it again
         # (PROGRESS 90: only the final write is left).
