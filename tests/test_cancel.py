@@ -51,7 +51,8 @@ async def send(web: WebServer, to: str, delay: int = 0) -> dict[str, Any]:
 
 async def cancel(web: WebServer, job_id: str, user: str = USER) -> dict[str, Any] | None:
     result = await execute(http_client(web, token(user)), CANCEL_JOB, id=job_id)
-    return result["cancelJob"]
+    answer = result["cancelJob"]
+    return None if answer is None else dict(answer)
 
 
 async def get(web: WebServer, job_id: str) -> dict[str, Any]:
@@ -75,9 +76,10 @@ async def drain(stack: Stack, web: WebServer, delay: int = 0) -> None:
     assert len(stack.smtp.handler.to(marker)) == 1
 
 
-def record(stack: Stack, job_id: str) -> dict[bytes, bytes]:
+def record(stack: Stack, job_id: str) -> set[bytes]:
+    """The fields of the job record."""
     with Redis.from_url(stack.settings.redis_url) as client:
-        return client.hgetall(record_key(job_id))  # type: ignore[return-value]
+        return set(client.hkeys(record_key(job_id)))
 
 
 def is_pending(stack: Stack, job_id: str) -> bool:
