@@ -78,6 +78,16 @@ class Dedupe:
 
 
 @dataclass(frozen=True, slots=True)
+class Idempotency:
+    """A client's idempotency key, as stored: the same key with the same `fingerprint`
+    (of the request's arguments) within `ttl` gets the first job."""
+
+    key: str  # the Redis key: per owner and mutation
+    fingerprint: str
+    ttl: timedelta
+
+
+@dataclass(frozen=True, slots=True)
 class JobError:
     code: str
     message: str

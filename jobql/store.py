@@ -10,12 +10,14 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from jobql.connections import AutoPipeline, text
+from jobql.errors import IdempotencyKeyReused
 from jobql.jobs import (
     CANCELLED,
     CANCELLED_FIELD,
     DEFAULT_QUEUE,
     RECORD_FIELDS,
     Dedupe,
+    Idempotency,
     JobSnapshot,
     is_job_id,
     load_meta,
@@ -41,7 +43,9 @@ if TYPE_CHECKING:
 
 NO_SUCH_JOB = "00000000-0000-0000-0000-000000000000"
 
-# Atomically: unless KEYS[1] (a dedupe key, when given) names an earlier job, claim it,
+# Atomically: unless KEYS[8] (an idempotency key, when given) names a first job (then
+# returned as {"<id> <fingerprint>"}) or KEYS[1] (a dedupe key, when given) names an
+# earlier job, claim them,
 # write the job record, note the job as pending with a copy of its message (kept until a
 # worker starts the job, outside the record so that the record stays a small listpack),
 # queue the task message, count it as accepted and add it to its owner's jobs (dropping
@@ -50,12 +54,17 @@ NO_SUCH_JOB = "00000000-0000-0000-0000-000000000000"
 # not queue it twice.
 ENQUEUE_SCRIPT = """
 if redis.call('EXISTS', KEYS[2]) == 1 then return false end
+if KEYS[8] ~= '' then
+  local first = redis.call('GET', KEYS[8])
+  if first then return {first} end
+end
 if KEYS[1] ~= '' then
   local earlier = redis.call('GET', KEYS[1])
   if earlier then return earlier end
   redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 end
-redis.call('HSET', KEYS[2], unpack(ARGV, 7))
+if KEYS[8] ~= '' then redis.call('SET', KEYS[8], ARGV[1] .. ' ' .. ARGV[7], 'EX', ARGV[8]) end
+redis.call('HSET', KEYS[2], unpack(ARGV, 9))
 redis.call('EXPIRE', KEYS[2], ARGV[3])
 redis.call('ZADD', KEYS[4], ARGV[5], ARGV[1])
 redis.call('HSET', KEYS[7], ARGV[1], ARGV[4])
@@ -122,6 +131,7 @@ class JobStore:
         job_id: str | None = None,
         delay: timedelta | None = None,
         dedupe: Dedupe | None = None,
+        idempotency: Idempotency | None = None,
     ) -> JobSnapshot:
         """Write the job record and queue its task, both or neither, in one round trip.
 
@@ -144,6 +154,7 @@ class JobStore:
             STATS_KEY,
             owner_key(owner),
             messages_key(self.queue),
+            idempotency.key if idempotency else "",
         ]
         args = [
             job_id,
@@ -152,11 +163,20 @@ class JobStore:
             message,
             created_at.timestamp(),  # when the message is pushed, eta or not
             accepted_field(kind),
+            idempotency.fingerprint if idempotency else "",
+            int(idempotency.ttl.total_seconds()) if idempotency else 0,
             *(part for pair in record.items() for part in pair),
         ]
         # EVAL rather than EVALSHA: Redis keeps the compiled script either way, and a
         # pipeline cannot load a script it finds missing.
         [earlier] = await self._pipeline.execute(("EVAL", ENQUEUE_SCRIPT, len(keys), *keys, *args))
+        if isinstance(earlier, list):
+            first_id, _, fingerprint = text(earlier[0]).partition(" ")
+            if idempotency is not None and fingerprint != idempotency.fingerprint:
+                raise IdempotencyKeyReused(
+                    "This idempotency key was used for a request with other arguments."
+                )
+            raise AlreadyQueued(first_id)
         if earlier:
             raise AlreadyQueued(text(earlier))
         return snapshot(job_id, record, None)

@@ -6,7 +6,7 @@ No `from __future__ import annotations`: Strawberry reads these annotations at r
 import asyncio
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import strawberry
 from strawberry.file_uploads import Upload
@@ -30,7 +30,9 @@ from jobql.kinds import (
     caller,
     check_rate,
     enqueue,
+    fingerprint_of,
     incoming_upload,
+    upload_digest,
 )
 from jobql.uploads import UploadRejected, sniff_image
 
@@ -87,7 +89,15 @@ def checked_avatar_options(size: int, quality: int) -> None:
 
 
 async def upload_avatar(
-    info: MutationInfo, file: Upload, options: AvatarOptions | None = None
+    info: MutationInfo,
+    file: Upload,
+    options: AvatarOptions | None = None,
+    idempotency_key: Annotated[
+        str | None,
+        strawberry.argument(
+            description="Sent again with the same file and options within 24 hours: the first job."
+        ),
+    ] = None,
 ) -> JobSnapshot:
     """Queue a photo to become a square avatar; answers at once with the job."""
     caller(info)  # who asks comes before what they ask
@@ -105,7 +115,16 @@ async def upload_avatar(
     except UploadRejected as exc:
         raise BadUserInput(str(exc), field="file") from exc
     payload = AvatarPayload(path.name, size, quality, options.format or ImageFormat.JPEG)
-    job = await enqueue(info, kind, payload, job_id=upload_id)
+    job = await enqueue(
+        info,
+        kind,
+        payload,
+        job_id=upload_id,
+        idempotency_key=idempotency_key,
+        fingerprint=fingerprint_of(
+            upload_digest(info, file), size, quality, payload.image_format.value
+        ),
+    )
     logger.debug("Accepted an avatar job", extra={"job_id": job.id})
     return job
 
