@@ -150,7 +150,9 @@ class Context(BaseContext):
         job is someone else's."""
         user_id = self.principal().user_id
         await self.check_rate()
-        stored = stored_idempotency(user_id, kind, *idempotency) if idempotency else None
+        # Kept no longer than the job it answers with.
+        ttl = min(IDEMPOTENCY_TTL, timedelta(seconds=self.settings.result_expires))
+        stored = stored_idempotency(user_id, kind, *idempotency, ttl) if idempotency else None
         with self.redis_errors_as_unavailable():
             try:
                 queued = await self.store.enqueue(
@@ -178,7 +180,9 @@ IDEMPOTENCY_TTL = timedelta(hours=24)
 IDEMPOTENCY_KEY_MAX = 255
 
 
-def stored_idempotency(owner: str, kind: str, key: str, fingerprint: str) -> Idempotency:
+def stored_idempotency(
+    owner: str, kind: str, key: str, fingerprint: str, ttl: timedelta
+) -> Idempotency:
     """A client's key as kept: per owner and kind of job (each kind has one mutation),
     hashed so that any printable key makes a Redis key of the same small size."""
     if not 1 <= len(key) <= IDEMPOTENCY_KEY_MAX or not all(" " <= ch <= "~" for ch in key):
@@ -187,4 +191,4 @@ def stored_idempotency(owner: str, kind: str, key: str, fingerprint: str) -> Ide
             field="idempotencyKey",
         )
     digest = hashlib.sha256(f"{owner}\n{kind}\n{key}".encode()).hexdigest()
-    return Idempotency(f"jobql:idempotency:{digest}", fingerprint, IDEMPOTENCY_TTL)
+    return Idempotency(f"jobql:idempotency:{digest}", fingerprint, ttl)
