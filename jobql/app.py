@@ -107,7 +107,12 @@ def create_app(settings: Settings | None = None) -> SecurityHeaders:
         issuer=settings.jwt_issuer,
         audience=settings.jwt_audience,
     )
-    store = JobStore(redis, result_expires=settings.result_expires, timeout=settings.redis_timeout)
+    store = JobStore(
+        redis,
+        result_expires=settings.result_expires,
+        timeout=settings.redis_timeout,
+        queue_ttl=settings.queue_ttl,
+    )
     services = Services(
         settings=settings,
         tokens=tokens,

@@ -33,5 +33,12 @@ class ServiceUnavailable(ApiError):
     code = "SERVICE_UNAVAILABLE"
 
 
+class IdempotencyKeyReused(ApiError):
+    """The idempotency key was used, within its 24 hours, for a request with other
+    arguments."""
+
+    code = "IDEMPOTENCY_KEY_REUSED"
+
+
 class RateLimited(ApiError):
     code = "RATE_LIMITED"

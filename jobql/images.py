@@ -69,6 +69,7 @@ def make_avatar(
     progress(50)
     square = _centre_square(image, size)
     clean = _without_metadata(square, image_format)
+    progress(70)
     destination.parent.mkdir(parents=True, exist_ok=True)
     temporary = destination.with_name(f".{destination.name}.{os.getpid()}.tmp")
     try:

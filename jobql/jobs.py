@@ -37,6 +37,12 @@ OWNER_PREFIX = "jobql:owner:"
 # an `owner_event`), besides the job's own channel.
 OWNER_EVENTS_PREFIX = "jobql:owner-events:"
 
+# In the job record, once its owner has cancelled it: a worker that starts it drops it, and
+# a running body stops at its next checkpoint.
+CANCELLED_FIELD = "cancelled"
+CANCELLED = "CANCELLED"  # the error code of a job its owner cancelled
+EXPIRED = "EXPIRED"  # the error code of a job no worker started within the queue deadline
+
 
 class JobState(StrEnum):
     PENDING = "PENDING"  # accepted, waiting for a worker
@@ -75,6 +81,16 @@ class Dedupe:
     """At most one job per `key` for `ttl`: a second request gets the first job instead."""
 
     key: str
+    ttl: timedelta
+
+
+@dataclass(frozen=True, slots=True)
+class Idempotency:
+    """A client's idempotency key, as stored: the same key with the same `fingerprint`
+    (of the request's arguments) within `ttl` gets the first job."""
+
+    key: str  # the Redis key: per owner and mutation
+    fingerprint: str
     ttl: timedelta
 
 
@@ -127,6 +143,26 @@ def missing_key(queue: str) -> str:
 
 def owner_key(owner: str) -> str:
     return f"{OWNER_PREFIX}{owner}"
+
+
+# Lua: `tell_owner(record key, meta)` PUBLISHes an `owner_event` on the owner's channel,
+# with the record's `RECORD_FIELDS` (nothing when the record is gone). Shared by every
+# script that writes a job's state.
+TELL_OWNER = f"""
+local record_fields = {{{", ".join(f"'{name}'" for name in RECORD_FIELDS)}}}
+local function tell_owner(record, value)
+    local values = redis.call('HMGET', record, unpack(record_fields))
+    local owner = values[1]
+    if not owner then return end
+    local fields = {{}}
+    for i, name in ipairs(record_fields) do
+        if values[i] then fields[name] = values[i] end
+    end
+    local id = string.sub(record, {len(RECORD_PREFIX) + 1})
+    local event = cjson.encode({{id = id, record = fields, meta = value}})
+    redis.call('PUBLISH', '{OWNER_EVENTS_PREFIX}' .. owner, event)
+end
+"""
 
 
 def owner_events(owner: str) -> str:
@@ -210,10 +246,23 @@ def snapshot(job_id: str, record: dict[str, str], meta: dict[str, Any] | None) -
     )
 
 
+def revoked_meta(job_id: str, code: str, message: str) -> str:
+    """The REVOKED result meta jobql writes itself (Celery's fields, as `snapshot` reads them)."""
+    meta: dict[str, Any] = {
+        "status": JobState.REVOKED.value,
+        "result": {"code": code, "message": message},
+        "traceback": None,
+        "children": [],
+        "date_done": utcnow().isoformat(),
+        "task_id": job_id,
+    }
+    return json.dumps(meta)
+
+
 def job_error(state: JobState, result: object) -> JobError | None:
     """The client-facing error of a FAILURE or REVOKED meta; never a traceback."""
     if state is JobState.REVOKED:
-        return JobError("REVOKED", "The job was cancelled.", retryable=True)
+        return _revoked_error(result)
     if state is not JobState.FAILURE:
         return None
     if isinstance(result, dict):
@@ -229,6 +278,19 @@ def job_error(state: JobState, result: object) -> JobError | None:
         if result.get("exc_type") == "WorkerLostError":
             return JobError("WORKER_LOST", "The worker running the job died.", retryable=True)
     return JobError("INTERNAL", "The job failed unexpectedly.", retryable=False)
+
+
+def _revoked_error(result: object) -> JobError:
+    if isinstance(result, dict):
+        code = result.get("code")
+        if isinstance(code, str):
+            return JobError(code, str(result.get("message", "")), retryable=True)
+        # Celery's own mark for a message past its `expires`.
+        if result.get("exc_type") == "TaskRevokedError" and result.get("exc_message") == [
+            "expired"
+        ]:
+            return JobError(EXPIRED, "No worker started the job before its deadline.", True)
+    return JobError("REVOKED", "The job was cancelled.", retryable=True)
 
 
 def event_order(meta: dict[str, Any] | None) -> tuple[float, ...]:

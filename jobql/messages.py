@@ -25,10 +25,15 @@ _ORIGIN = f"{os.getpid()}@{socket.gethostname()}"
 
 
 def task_message(
-    task_name: str, task_id: str, kwargs: dict[str, Any], queue: str, eta: datetime | None = None
+    task_name: str,
+    task_id: str,
+    kwargs: dict[str, Any],
+    queue: str,
+    eta: datetime | None = None,
+    expires: datetime | None = None,
 ) -> str:
     """The envelope Kombu's Redis transport would push for
-    `send_task(task_name, kwargs=kwargs, eta=eta)`.
+    `send_task(task_name, kwargs=kwargs, eta=eta, expires=expires)`.
 
     Arguments go by name: the worker calls the task with them, so a payload that does not
     fit the task's signature fails as a TypeError, never as arguments taken in the wrong order.
@@ -43,7 +48,7 @@ def task_message(
         "id": task_id,
         "shadow": None,
         "eta": eta.isoformat() if eta else None,
-        "expires": None,
+        "expires": expires.isoformat() if expires else None,
         "group": None,
         "group_index": None,
         "retries": 0,

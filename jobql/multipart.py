@@ -8,9 +8,10 @@ kept in memory up to a limit of their own. Nothing is copied twice.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
@@ -51,6 +52,8 @@ class IncomingUpload:
     content_type: str
     size: int = 0
     claimed: bool = False
+    # Of the bytes as they streamed in: what an idempotency key's fingerprint compares.
+    digest: Any = field(default_factory=hashlib.sha256)
 
     @property
     def id(self) -> str:
@@ -194,6 +197,7 @@ class _FormReader:
                 )
             # A write of one chunk lands in the page cache in microseconds.
             self._file.write(data[start:end])
+            self._upload.digest.update(data[start:end])
         elif self._field is not None:
             if len(self._field) + end - start > self.limits.max_field_bytes:
                 raise FormRejected(

@@ -45,6 +45,12 @@ class Settings(BaseSettings):
 
     site_name: str = "jobql"
     result_expires: int = Field(default=86_400, gt=0, description="Seconds a job is kept")
+    queue_ttl: int = Field(
+        default=3600,
+        gt=0,
+        description="Seconds a queued job may wait for a worker (a delayed one, from its start "
+        "time) before it expires unrun",
+    )
     redis_timeout: float = Field(
         default=1.0, gt=0, description="Connect and read timeout of the web process's Redis calls"
     )

@@ -10,15 +10,21 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from jobql.connections import AutoPipeline, text
+from jobql.errors import IdempotencyKeyReused
 from jobql.jobs import (
+    CANCELLED,
+    CANCELLED_FIELD,
     DEFAULT_QUEUE,
     RECORD_FIELDS,
+    TELL_OWNER,
     Dedupe,
+    Idempotency,
     JobSnapshot,
     is_job_id,
     load_meta,
     messages_key,
     meta_key,
+    missing_key,
     new_job_id,
     new_record,
     owner_event,
@@ -26,6 +32,7 @@ from jobql.jobs import (
     owner_key,
     pending_key,
     record_key,
+    revoked_meta,
     snapshot,
     task_name,
     utcnow,
@@ -39,7 +46,9 @@ if TYPE_CHECKING:
 
 NO_SUCH_JOB = "00000000-0000-0000-0000-000000000000"
 
-# Atomically: unless KEYS[1] (a dedupe key, when given) names an earlier job, claim it,
+# Atomically: unless KEYS[8] (an idempotency key, when given) names a first job (then
+# returned as {"<id> <fingerprint>"}) or KEYS[1] (a dedupe key, when given) names an
+# earlier job, claim them,
 # write the job record, note the job as pending with a copy of its message (kept until a
 # worker starts the job, outside the record so that the record stays a small listpack),
 # queue the task message, count it as accepted, add it to its owner's jobs and tell the
@@ -50,12 +59,17 @@ NO_SUCH_JOB = "00000000-0000-0000-0000-000000000000"
 # same however long the owner was away, and `jobs` never reads below the cutoff anyway.
 ENQUEUE_SCRIPT = """
 if redis.call('EXISTS', KEYS[2]) == 1 then return false end
+if KEYS[8] ~= '' then
+  local first = redis.call('GET', KEYS[8])
+  if first then return {first} end
+end
 if KEYS[1] ~= '' then
   local earlier = redis.call('GET', KEYS[1])
   if earlier then return earlier end
   redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 end
-redis.call('HSET', KEYS[2], unpack(ARGV, 11))
+if KEYS[8] ~= '' then redis.call('SET', KEYS[8], ARGV[1] .. ' ' .. ARGV[11], 'EX', ARGV[12]) end
+redis.call('HSET', KEYS[2], unpack(ARGV, 13))
 redis.call('EXPIRE', KEYS[2], ARGV[3])
 redis.call('ZADD', KEYS[4], ARGV[5], ARGV[1])
 redis.call('HSET', KEYS[7], ARGV[1], ARGV[4])
@@ -73,6 +87,34 @@ return false
 TRIM_BATCH = 100
 
 
+# Atomically, for the owner ARGV[1] of the job whose record is KEYS[1]: nothing if the job
+# is done; else mark the record cancelled (a worker that takes the message drops it; a
+# running body stops at its next checkpoint) and, unless a worker holds it now (queued,
+# delayed or waiting to retry), end it REVOKED at once: the meta ARGV[2] written and
+# PUBLISHed, and recovery's copy of its message dropped. Returns 0 if the job is not
+# the owner's, 1 otherwise. Decides every race with the worker's START script, which
+# reads the same mark in the same way.
+CANCEL_SCRIPT = (
+    TELL_OWNER
+    + """
+if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return 0 end
+local current = redis.call('GET', KEYS[2])
+local status = current and cjson.decode(current)['status'] or 'PENDING'
+if status == 'SUCCESS' or status == 'FAILURE' or status == 'REVOKED' then return 1 end
+redis.call('HSET', KEYS[1], ARGV[5], '1')
+if status == 'PENDING' or status == 'RETRY' then
+  redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[4])
+  redis.call('PUBLISH', KEYS[2], ARGV[2])
+  tell_owner(KEYS[1], ARGV[2])
+  redis.call('ZREM', KEYS[3], ARGV[3])
+  redis.call('HDEL', KEYS[4], ARGV[3])
+  redis.call('HDEL', KEYS[5], ARGV[3])
+end
+return 1
+"""
+)
+
+
 class AlreadyQueued(Exception):
     """An earlier job holds the dedupe key; `job_id` is that job."""
 
@@ -88,8 +130,10 @@ class JobStore:
         result_expires: int,
         queue: str = DEFAULT_QUEUE,
         timeout: float | None = None,
+        queue_ttl: int = 3600,
     ) -> None:
         self.result_expires = result_expires
+        self.queue_ttl = queue_ttl
         self.queue = queue
         self._pipeline = AutoPipeline(redis, timeout)
 
@@ -106,6 +150,7 @@ class JobStore:
         job_id: str | None = None,
         delay: timedelta | None = None,
         dedupe: Dedupe | None = None,
+        idempotency: Idempotency | None = None,
     ) -> JobSnapshot:
         """Write the job record and queue its task, both or neither, in one round trip.
 
@@ -117,7 +162,10 @@ class JobStore:
         eta = created_at + delay if delay else None
         kept = timedelta(seconds=self.result_expires)
         record = new_record(kind, owner, created_at, created_at + kept)
-        message = task_message(task_name(kind), job_id, kwargs, self.queue, eta)
+        # Past this, a worker that takes the message marks the job REVOKED (Celery's
+        # `expires`): a backlog that clears late does not run stale jobs.
+        expires = (eta or created_at) + timedelta(seconds=self.queue_ttl)
+        message = task_message(task_name(kind), job_id, kwargs, self.queue, eta, expires)
         keys = [
             dedupe.key if dedupe else "",
             record_key(job_id),
@@ -126,6 +174,7 @@ class JobStore:
             STATS_KEY,
             owner_key(owner),
             messages_key(self.queue),
+            idempotency.key if idempotency else "",
         ]
         args = [
             job_id,
@@ -138,14 +187,34 @@ class JobStore:
             TRIM_BATCH,
             owner_events(owner),
             owner_event(job_id, record, None),
+            idempotency.fingerprint if idempotency else "",
+            int(idempotency.ttl.total_seconds()) if idempotency else 0,
             *(part for pair in record.items() for part in pair),
         ]
         # EVAL rather than EVALSHA: Redis keeps the compiled script either way, and a
         # pipeline cannot load a script it finds missing.
         [earlier] = await self._pipeline.execute(("EVAL", ENQUEUE_SCRIPT, len(keys), *keys, *args))
+        if isinstance(earlier, list):
+            first_id, _, fingerprint = text(earlier[0]).partition(" ")
+            if idempotency is not None and fingerprint != idempotency.fingerprint:
+                raise IdempotencyKeyReused(
+                    "This idempotency key was used for a request with other arguments."
+                )
+            raise AlreadyQueued(first_id)
         if earlier:
             raise AlreadyQueued(text(earlier))
         return snapshot(job_id, record, None)
+
+    async def cancel(self, job_id: str, owner: str) -> JobSnapshot | None:
+        """Cancel `owner`'s job (see CANCEL_SCRIPT) and answer with it as it is then; None
+        when it does not exist, has expired or is not `owner`'s."""
+        job_id = job_id if is_job_id(job_id) else NO_SUCH_JOB
+        meta = revoked_meta(job_id, CANCELLED, "The job was cancelled.")
+        keys = [record_key(job_id), meta_key(job_id), pending_key(self.queue)]
+        keys += [messages_key(self.queue), missing_key(self.queue)]
+        args = [owner, meta, job_id, self.result_expires, CANCELLED_FIELD]
+        [mine] = await self._pipeline.execute(("EVAL", CANCEL_SCRIPT, len(keys), *keys, *args))
+        return await self.get(job_id, owner) if mine else None
 
     async def get(self, job_id: str, owner: str) -> JobSnapshot | None:
         """The job, or None when it does not exist, has expired or is not `owner`'s."""

@@ -66,6 +66,7 @@ WEB = SHARED | {
     "jobql.resolvers",
     "jobql.resolvers.context",
     "jobql.resolvers.listing",
+    "jobql.resolvers.mutation",
     "jobql.resolvers.query",
     "jobql.resolvers.subscription",
     "jobql.schema",

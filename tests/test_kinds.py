@@ -16,7 +16,7 @@ import redis
 from jobql.files import FileArea, ResultFiles
 from jobql.images import ImageFormat
 from jobql.jobs import JobFailed, new_job_id, record_key
-from jobql.kinds import TaskContext
+from jobql.kinds import JobCancelled, TaskContext
 from jobql.kinds.avatar import AvatarPayload, AvatarResult
 from jobql.kinds.avatar import kind as avatar
 from jobql.kinds.welcome_email import WelcomePayload
@@ -155,6 +155,29 @@ def context(
     return TaskContext(**values)
 
 
+def test_avatar_body_stops_at_the_checkpoint_after_a_cancellation(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    settings = make_settings(media_root=tmp_path)
+    settings.incoming_dir.mkdir(parents=True)
+    job_id = new_job_id()
+    (settings.incoming_dir / f"{job_id}.upload").write_bytes(phone_photo())
+    checks: list[int] = []
+
+    def cancelled_after_decoding() -> None:
+        checks.append(1)
+        raise JobCancelled
+
+    ctx = context(settings, job_id, avatar.files, check_cancelled=cancelled_after_decoding)
+
+    with pytest.raises(JobCancelled):
+        avatar.run(ctx, AvatarPayload(f"{job_id}.upload", 64, 80, ImageFormat.PNG))
+
+    assert checks == [1]
+    assert not (tmp_path / "avatars" / f"{job_id}.png").exists()
+    assert not (settings.incoming_dir / f"{job_id}.upload").exists()
+
+
 def test_avatar_body_runs_as_a_plain_function(
     make_settings: Callable[..., Settings], tmp_path: Path
 ) -> None:
@@ -169,7 +192,7 @@ def test_avatar_body_runs_as_a_plain_function(
 
     assert result.url == f"/media/avatars/{job_id}.png"
     assert (tmp_path / "avatars" / f"{job_id}.png").stat().st_size == result.size_bytes
-    assert progress == [50, 90]
+    assert progress == [50, 70, 90]
     assert not (settings.incoming_dir / f"{job_id}.upload").exists()
 
 

@@ -16,6 +16,8 @@ library that only the worker has) inside the body.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import time
 import typing
 from dataclasses import dataclass
@@ -59,6 +61,7 @@ __all__ = [
     "DuplicateJob",
     "FileArea",
     "Forbidden",
+    "JobCancelled",
     "JobFailed",
     "JobFiles",
     "JobSnapshot",
@@ -73,8 +76,10 @@ __all__ = [
     "count_owner_jobs",
     "enqueue",
     "existing_job",
+    "fingerprint_of",
     "incoming_upload",
     "owner_jobs",
+    "upload_digest",
 ]
 
 P = TypeVar("P")
@@ -100,6 +105,11 @@ class RetryLater(Exception):
         super().__init__(code, message)
         self.code = code
         self.message = message
+
+
+class JobCancelled(Exception):
+    """Raised by `TaskContext.check_cancelled` when the job's owner has cancelled it: the
+    job ends REVOKED with CANCELLED. A body lets it pass (cleaning up in `finally`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +139,9 @@ class TaskContext:
     checkpoint: str | None
     report_progress: Callable[[int], None]
     save_checkpoint: Callable[[str, int], None]  # the value, and the progress to report
+    # A checkpoint: raises `JobCancelled` if the owner has cancelled the job. Call it
+    # between steps, and before an effect that cannot be undone (one round trip).
+    check_cancelled: Callable[[], None] = lambda: None
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,6 +273,17 @@ def incoming_upload(info: MutationInfo, file: object, field: str = "file") -> tu
     return _context(info).incoming_upload(file, field)
 
 
+def upload_digest(info: MutationInfo, file: object) -> str:
+    """The SHA-256 (hex) of an upload's bytes, computed as they streamed in (call after
+    `incoming_upload`): for an idempotency key's fingerprint."""
+    return _context(info).upload_digest(file)
+
+
+def fingerprint_of(*values: object) -> str:
+    """A fingerprint of a mutation's arguments, for `enqueue`'s idempotency key."""
+    return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def checked_delay(
     info: MutationInfo, seconds: int, field: str = "delaySeconds"
 ) -> timedelta | None:
@@ -275,17 +299,27 @@ async def enqueue(
     job_id: str | None = None,
     delay: timedelta | None = None,
     dedupe: Dedupe | None = None,
+    idempotency_key: str | None = None,
+    fingerprint: str = "",
 ) -> JobSnapshot:
     """Queue a job of `kind` for the caller; its payload goes to the task by keyword.
 
     With `dedupe`, answers with the earlier job that holds the key if it is the caller's,
-    and raises `DuplicateJob` if it is someone else's. A Redis failure is
-    `SERVICE_UNAVAILABLE`.
+    and raises `DuplicateJob` if it is someone else's. With `idempotency_key` (the
+    client's, 1..255 printable ASCII, else `BAD_USER_INPUT`), the caller's first job of
+    this kind with that key in the last 24 hours is the answer and nothing is queued;
+    `IDEMPOTENCY_KEY_REUSED` if that job's `fingerprint` (of the arguments: a digest of
+    everything the mutation was given) differs. A Redis failure is `SERVICE_UNAVAILABLE`.
     """
     if not isinstance(payload, kind.payload):
         raise TypeError(f"A {kind.name} job's payload is a {kind.payload.__name__}")
     queued = await _context(info).enqueue(
-        kind.name, kind.dump_payload(payload), job_id=job_id, delay=delay, dedupe=dedupe
+        kind.name,
+        kind.dump_payload(payload),
+        job_id=job_id,
+        delay=delay,
+        dedupe=dedupe,
+        idempotency=(idempotency_key, fingerprint) if idempotency_key is not None else None,
     )
     if queued is None:
         raise DuplicateJob(dedupe.key if dedupe else "")

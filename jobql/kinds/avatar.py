@@ -6,7 +6,7 @@ No `from __future__ import annotations`: Strawberry reads these annotations at r
 import asyncio
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import strawberry
 from strawberry.file_uploads import Upload
@@ -30,7 +30,9 @@ from jobql.kinds import (
     caller,
     check_rate,
     enqueue,
+    fingerprint_of,
     incoming_upload,
+    upload_digest,
 )
 from jobql.uploads import UploadRejected, sniff_image
 
@@ -87,7 +89,15 @@ def checked_avatar_options(size: int, quality: int) -> None:
 
 
 async def upload_avatar(
-    info: MutationInfo, file: Upload, options: AvatarOptions | None = None
+    info: MutationInfo,
+    file: Upload,
+    options: AvatarOptions | None = None,
+    idempotency_key: Annotated[
+        str | None,
+        strawberry.argument(
+            description="Sent again with the same file and options within 24 hours: the first job."
+        ),
+    ] = None,
 ) -> JobSnapshot:
     """Queue a photo to become a square avatar; answers at once with the job."""
     caller(info)  # who asks comes before what they ask
@@ -105,7 +115,16 @@ async def upload_avatar(
     except UploadRejected as exc:
         raise BadUserInput(str(exc), field="file") from exc
     payload = AvatarPayload(path.name, size, quality, options.format or ImageFormat.JPEG)
-    job = await enqueue(info, kind, payload, job_id=upload_id)
+    job = await enqueue(
+        info,
+        kind,
+        payload,
+        job_id=upload_id,
+        idempotency_key=idempotency_key,
+        fingerprint=fingerprint_of(
+            upload_digest(info, file), size, quality, payload.image_format.value
+        ),
+    )
     logger.debug("Accepted an avatar job", extra={"job_id": job.id})
     return job
 
@@ -127,7 +146,7 @@ def make(ctx: TaskContext, payload: AvatarPayload) -> AvatarResult:
                 image_format=payload.image_format,
                 max_pixels=ctx.settings.max_image_pixels,
                 max_decoded_bytes=ctx.settings.max_decoded_image_bytes,
-                progress=ctx.report_progress,
+                progress=lambda percent: _step(ctx, percent),
             )
         if ctx.attempt > 1:
             remove_leftovers(destination)
@@ -146,6 +165,17 @@ def make(ctx: TaskContext, payload: AvatarPayload) -> AvatarResult:
         size_bytes=made.size_bytes,
         format=made.format,
     )
+
+
+AVATAR_WRITTEN = 90
+
+
+def _step(ctx: TaskContext, percent: int) -> None:
+    """Between decode, resize and encode: a checkpoint, then the progress report. Once the
+    avatar is written (90) there is nothing left to stop."""
+    if percent < AVATAR_WRITTEN:
+        ctx.check_cancelled()
+    ctx.report_progress(percent)
 
 
 # --- the terminal client: `jobql upload-avatar` -----------------------------------------------

@@ -28,6 +28,7 @@ from jobql.kinds import (
     caller,
     checked_delay,
     enqueue,
+    fingerprint_of,
 )
 
 if TYPE_CHECKING:
@@ -84,6 +85,12 @@ async def send_welcome_email(
     delay_seconds: Annotated[
         int, strawberry.argument(description="Send no sooner than this many seconds from now.")
     ] = 0,
+    idempotency_key: Annotated[
+        str | None,
+        strawberry.argument(
+            description="Sent again with the same arguments within 24 hours: the first job."
+        ),
+    ] = None,
 ) -> JobSnapshot:
     """Queue a welcome email; needs the `email:send` scope.
 
@@ -95,7 +102,15 @@ async def send_welcome_email(
     delay = checked_delay(info, delay_seconds)
     dedupe = Dedupe(f"jobql:welcome:{address.lower()}", ONCE_PER)
     try:
-        job = await enqueue(info, kind, payload, delay=delay, dedupe=dedupe)
+        job = await enqueue(
+            info,
+            kind,
+            payload,
+            delay=delay,
+            dedupe=dedupe,
+            idempotency_key=idempotency_key,
+            fingerprint=fingerprint_of(address, payload.username, delay_seconds),
+        )
     except DuplicateJob:
         raise BadUserInput(
             "A welcome email to this address was already sent in the last 24 hours.",
@@ -126,6 +141,7 @@ def send(ctx: TaskContext, payload: WelcomePayload) -> EmailResult:
     from jobql.tasks.mail import MailRejected, MailTemporarilyFailed  # the worker's side
 
     email = welcome(ctx.mailer, ctx.settings.site_name, ctx.job_id, payload)
+    ctx.check_cancelled()  # the last moment an email can still be not sent
     try:
         # Saved as soon as the server has accepted it: no later delivery sends it again
         # (PROGRESS 90: only the final write is left).

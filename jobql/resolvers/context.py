@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -12,6 +13,7 @@ from strawberry.fastapi import BaseContext
 
 from jobql.auth import InvalidToken, Principal, TokenVerifier
 from jobql.errors import BadUserInput, ServiceUnavailable, Unauthenticated
+from jobql.jobs import Idempotency
 from jobql.multipart import IncomingUpload
 from jobql.store import AlreadyQueued
 from jobql.watcher import WatchLost
@@ -126,6 +128,10 @@ class Context(BaseContext):
         self._uploads.append(file)
         return file.id, file.path
 
+    def upload_digest(self, file: object) -> str:
+        assert isinstance(file, IncomingUpload), "checked by incoming_upload"
+        return str(file.digest.hexdigest())
+
     def checked_delay(self, seconds: int, field: str) -> timedelta | None:
         limit = self.settings.max_delay_seconds
         if not 0 <= seconds <= limit:
@@ -140,15 +146,25 @@ class Context(BaseContext):
         job_id: str | None,
         delay: timedelta | None,
         dedupe: Dedupe | None,
+        idempotency: tuple[str, str] | None = None,
     ) -> JobSnapshot | None:
         """The queued job; with `dedupe`, the caller's earlier job, or None if the earlier
         job is someone else's."""
         user_id = self.principal().user_id
         await self.check_rate()
+        # Kept no longer than the job it answers with.
+        ttl = min(IDEMPOTENCY_TTL, timedelta(seconds=self.settings.result_expires))
+        stored = stored_idempotency(user_id, kind, *idempotency, ttl) if idempotency else None
         with self.redis_errors_as_unavailable():
             try:
                 queued = await self.store.enqueue(
-                    kind, user_id, kwargs, job_id=job_id, delay=delay, dedupe=dedupe
+                    kind,
+                    user_id,
+                    kwargs,
+                    job_id=job_id,
+                    delay=delay,
+                    dedupe=dedupe,
+                    idempotency=stored,
                 )
             except AlreadyQueued as earlier:
                 return await self.store.get(earlier.job_id, owner=user_id)
@@ -160,3 +176,21 @@ class Context(BaseContext):
     async def existing_job(self, job_id: str) -> JobSnapshot | None:
         with self.redis_errors_as_unavailable():
             return await self.store.get(job_id, owner=self.principal().user_id)
+
+
+IDEMPOTENCY_TTL = timedelta(hours=24)
+IDEMPOTENCY_KEY_MAX = 255
+
+
+def stored_idempotency(
+    owner: str, kind: str, key: str, fingerprint: str, ttl: timedelta
+) -> Idempotency:
+    """A client's key as kept: per owner and kind of job (each kind has one mutation),
+    hashed so that any printable key makes a Redis key of the same small size."""
+    if not 1 <= len(key) <= IDEMPOTENCY_KEY_MAX or not all(" " <= ch <= "~" for ch in key):
+        raise BadUserInput(
+            f"idempotencyKey must be 1 to {IDEMPOTENCY_KEY_MAX} printable ASCII characters.",
+            field="idempotencyKey",
+        )
+    digest = hashlib.sha256(f"{owner}\n{kind}\n{key}".encode()).hexdigest()
+    return Idempotency(f"jobql:idempotency:{digest}", fingerprint, ttl)

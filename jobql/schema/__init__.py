@@ -11,7 +11,7 @@ from graphql import GraphQLError
 from strawberry.extensions import MaskErrors, SchemaExtension
 
 from jobql.errors import ApiError
-from jobql.resolvers import query, subscription
+from jobql.resolvers import mutation, query, subscription
 from jobql.schema.documents import PreparedDocuments, limit_rules
 from jobql.schema.errors import JobqlSchema
 from jobql.schema.listing import listing_fields
@@ -36,6 +36,9 @@ def root_types(kinds: Kinds) -> tuple[type, type, type]:
         kind.mutation.__name__: strawberry.mutation(resolver=kind.mutation, graphql_type=job)
         for kind in kinds
     }
+    mutation_fields["cancel_job"] = strawberry.mutation(
+        resolver=mutation.cancel_job, graphql_type=job | None
+    )
     subscription_fields: dict[str, Any] = {
         "job": strawberry.subscription(resolver=subscription.job, graphql_type=job),
         **listing_subscriptions,

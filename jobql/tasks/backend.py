@@ -24,14 +24,16 @@ from celery.backends.redis import RedisBackend
 from celery.exceptions import BackendStoreError
 
 from jobql.jobs import (
-    OWNER_EVENTS_PREFIX,
+    CANCELLED,
+    CANCELLED_FIELD,
     RECORD_FIELDS,
-    RECORD_PREFIX,
+    TELL_OWNER,
     JobState,
     messages_key,
     missing_key,
     pending_key,
     record_key,
+    revoked_meta,
 )
 from jobql.stats import STATS_KEY, finished_increments, retried_field
 
@@ -49,26 +51,14 @@ ATTEMPT_MARK = f"attempt-{secrets.token_hex(16)}"
 # `store` writes a meta unless the job has succeeded already, and PUBLISHes it on the
 # job's channel and, with the job record's fields, on its owner's (`owner_event`).
 _STORE = (
-    f"""
-local record_fields = {{{", ".join(f"'{name}'" for name in RECORD_FIELDS)}}}
-local function tell_owner(record, value)
-    local values = redis.call('HMGET', record, unpack(record_fields))
-    local owner = values[1]
-    if not owner then return end
-    local fields = {{}}
-    for i, name in ipairs(record_fields) do
-        if values[i] then fields[name] = values[i] end
-    end
-    local id = string.sub(record, {len(RECORD_PREFIX) + 1})
-    local event = cjson.encode({{id = id, record = fields, meta = value}})
-    redis.call('PUBLISH', '{OWNER_EVENTS_PREFIX}' .. owner, event)
-end
-"""
+    TELL_OWNER
     + """
 local function store(key, value, expires, record)
     local current = redis.call('GET', key)
-    if current and cjson.decode(current)['status'] == 'SUCCESS' then
-        return 0
+    -- A late write (from a lost worker, or a retry of a cancelled job) changes no end.
+    if current then
+        local status = cjson.decode(current)['status']
+        if status == 'SUCCESS' or status == 'REVOKED' then return 0 end
     end
     if tonumber(expires) > 0 then
         redis.call('SET', key, value, 'EX', expires)
@@ -109,17 +99,26 @@ return stored
 # KEYS: the job record, its queue's pending set, the meta, its queue's message copies and
 # missing marks. ARGV: the start time, this try's deliveries field, the record's expiry,
 # the job id, the meta before and after its attempt number, the meta's expiry, the
-# record's checkpoint field, the time the record now expires. Returns the attempt number,
-# the checkpoint an earlier delivery saved ('' if none) and the owner. The record's
-# `attempts` counts deliveries over all tries.
+# record's checkpoint field, its cancelled field, a REVOKED meta, and the time the record
+# now expires. Returns the attempt number, the checkpoint an earlier delivery saved ('' if
+# none) and the owner; an attempt number of 0 for a job its owner cancelled, which ends
+# REVOKED here if it had not yet (a running job's redelivery). The record's `attempts`
+# counts deliveries over all tries.
 START = (
     _STORE
     + """
+if redis.call('HEXISTS', KEYS[1], ARGV[9]) == 1 then
+    store(KEYS[3], ARGV[10], ARGV[7], KEYS[1])
+    redis.call('ZREM', KEYS[2], ARGV[4])
+    redis.call('HDEL', KEYS[4], ARGV[4])
+    redis.call('HDEL', KEYS[5], ARGV[4])
+    return {0, '', ''}
+end
 redis.call('HSETNX', KEYS[1], 'started_at', ARGV[1])
 local attempt = redis.call('HINCRBY', KEYS[1], ARGV[2], 1)
 redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 redis.call('EXPIRE', KEYS[1], ARGV[3])
-redis.call('HSET', KEYS[1], 'expires_at', ARGV[9])
+redis.call('HSET', KEYS[1], 'expires_at', ARGV[11])
 -- A worker holds the message now: recovery's copy of it is not needed.
 redis.call('ZREM', KEYS[2], ARGV[4])
 redis.call('HDEL', KEYS[4], ARGV[4])
@@ -132,7 +131,7 @@ return {attempt, checkpoint, redis.call('HGET', KEYS[1], 'owner') or ''}
 
 
 class Delivery(NamedTuple):
-    attempt: int  # this delivery's number among those of the job's current try
+    attempt: int  # this delivery's number among those of the job's current try; 0: cancelled
     checkpoint: str | None  # what an earlier delivery saved with `mark_checkpoint`
     owner: str = ""  # the job's owner, from its record
 
@@ -178,9 +177,20 @@ class JobResultBackend(RedisBackend):
         keys += [messages_key(queue), missing_key(queue)]
         argv = [started_at, deliveries_field, int(self.expires or 0), task_id, before, after]
         expires_at = datetime.fromisoformat(started_at) + timedelta(seconds=self.expires or 0)
-        argv += [int(self.expires or 0), CHECKPOINT, expires_at.isoformat()]
+        argv += [int(self.expires or 0), CHECKPOINT, CANCELLED_FIELD]
+        argv += [revoked_meta(task_id, CANCELLED, "The job was cancelled.")]
+        argv += [expires_at.isoformat()]
         attempt, checkpoint, owner = self.ensure(self._start, (keys, argv))
         return Delivery(int(attempt), checkpoint.decode() or None, owner.decode())
+
+    def is_cancelled(self, task_id: str) -> bool:
+        """Whether the job's owner has cancelled it (one round trip)."""
+        return bool(self.client.hexists(record_key(task_id), CANCELLED_FIELD))
+
+    def mark_cancelled(self, task_id: str) -> None:
+        """End a running job REVOKED with CANCELLED (unless it has ended already)."""
+        meta = json.loads(revoked_meta(task_id, CANCELLED, "The job was cancelled."))
+        self._store(task_id, meta, self.expires)
 
     def mark_checkpoint(self, task_id: str, request: Any, value: str, **result: Any) -> None:
         """Store PROGRESS with `result`, and save `value` in the job record for any later

@@ -19,10 +19,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 from celery import Celery, Task, bootsteps, signals
+from celery.exceptions import Ignore
 
 from jobql.files import ResultFiles
 from jobql.jobs import DEFAULT_QUEUE, JobFailed, JobState, utcnow
-from jobql.kinds import Kind, RetryLater, TaskContext
+from jobql.kinds import JobCancelled, Kind, RetryLater, TaskContext
 from jobql.logs import configure_logging, current_job_id
 from jobql.registry import check_agreement
 from jobql.tasks.backend import backend_url
@@ -66,6 +67,10 @@ class JobTask(Task):  # type: ignore[type-arg]
             deliveries_field=f"deliveries:{self.request.retries}",
             pid=os.getpid(),
         )
+        if delivery.attempt == 0:
+            # Cancelled before any worker held it: drop the message, run nothing.
+            self.drop_upload()
+            raise Ignore
         self.request.attempt = delivery.attempt  # type: ignore[attr-defined]
         self.request.checkpoint = delivery.checkpoint  # type: ignore[attr-defined]
         self.request.owner = delivery.owner  # type: ignore[attr-defined]
@@ -93,6 +98,17 @@ class JobTask(Task):  # type: ignore[type-arg]
             str(self.request.id), self.request, value, progress=progress, attempt=self.attempt
         )
 
+    def check_cancelled(self) -> None:
+        """A body's checkpoint: stop here if the job's owner has cancelled it."""
+        backend = cast("JobResultBackend", self.backend)
+        if backend.is_cancelled(str(self.request.id)):
+            raise JobCancelled
+
+    def drop_upload(self) -> None:
+        """Remove what the job was given when its body will not run to remove it: an
+        upload is named after the job it was queued for."""
+        (self.deps.settings.incoming_dir / f"{self.request.id}.upload").unlink(missing_ok=True)
+
     def refuse_poison(self) -> None:
         """End a job that keeps killing its worker, instead of handing it on forever."""
         if self.attempt > self.max_attempts:
@@ -117,6 +133,7 @@ class JobTask(Task):  # type: ignore[type-arg]
             checkpoint=getattr(self.request, "checkpoint", None),
             report_progress=self.report_progress,
             save_checkpoint=self.save_checkpoint,
+            check_cancelled=self.check_cancelled,
         )
 
     def retry_later(self, later: RetryLater) -> BaseException:
@@ -128,7 +145,11 @@ class JobTask(Task):  # type: ignore[type-arg]
             return JobFailed(
                 later.code, f"Gave up after {retries + 1} tries: {later.message}.", True
             )
-        return self.retry(countdown=policy.backoff(settings) * 2**retries, throw=False)
+        countdown = policy.backoff(settings) * 2**retries
+        # Each try has its own queue deadline, counted from when it is due (Celery would
+        # give the retry the first message's). A number is seconds from now.
+        expires = countdown + settings.queue_ttl
+        return self.retry(countdown=countdown, expires=expires, throw=False)
 
 
 def run_job(self: JobTask, **kwargs: Any) -> dict[str, Any]:
@@ -136,15 +157,17 @@ def run_job(self: JobTask, **kwargs: Any) -> dict[str, Any]:
     try:
         self.refuse_poison()
     except JobFailed:
-        # The body will not run to remove what the job was given: an upload is named
-        # after the job it was queued for.
-        (self.deps.settings.incoming_dir / f"{self.request.id}.upload").unlink(missing_ok=True)
+        self.drop_upload()
         raise
     payload = self.kind.load_payload(kwargs)
     try:
         result = self.kind.run(self.context(), payload)
     except RetryLater as later:
         raise self.retry_later(later) from later
+    except JobCancelled:
+        self.drop_upload()
+        cast("JobResultBackend", self.backend).mark_cancelled(str(self.request.id))
+        raise Ignore from None
     return self.kind.dump_result(result)
 
 
