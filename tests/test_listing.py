@@ -77,6 +77,9 @@ async def refused(web: WebServer, user: str, document: str, **variables: Any) ->
     return str(raised.value.errors[0]["extensions"]["code"])
 
 
+CANCEL_JOB = "mutation Cancel($id: ID!) { cancelJob(id: $id) { id state } }"
+
+
 async def email_job(web: WebServer, user: str, delay: int = 0) -> dict[str, Any]:
     address = f"{uuid.uuid4().hex[:10]}@example.com"
     done = await send(web, user, SEND_WELCOME, email=address, username="U", delaySeconds=delay)
@@ -500,3 +503,15 @@ async def test_feeds_and_waits_count_against_the_subscription_cap(
             assert codes == ["RATE_LIMITED"]
             await asyncio.sleep(0.1)
     assert current["state"] == "PENDING"
+
+
+async def test_feed_pushes_a_cancellation(web: WebServer) -> None:
+    user = new_user()
+    async with Feed(web, user) as feed:
+        await feed.listening(lambda: email_job(web, user, delay=60))
+        job = await email_job(web, user, delay=60)
+        cancelled = await send(web, user, CANCEL_JOB, id=job["id"])
+        await feed.until(lambda events: "REVOKED" in feed.of(job["id"]))
+
+    assert cancelled["cancelJob"]["state"] == "REVOKED"
+    assert feed.of(job["id"]) == ["PENDING", "REVOKED"]
