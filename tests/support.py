@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import email
 import email.policy
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -25,6 +27,7 @@ from jobql.redis_server import free_port
 from jobql.tasks.recovery import UNACKED_INDEX_KEY, UNACKED_KEY
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from email.message import EmailMessage
 
     from redis import Redis
@@ -85,6 +88,15 @@ class Process:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"no {text!r} in the log:\n{self.log[-3000:]}")
             time.sleep(0.05)
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Freeze the whole process group (SIGSTOP) for the block, then let it go on."""
+        os.killpg(self.popen.pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            os.killpg(self.popen.pid, signal.SIGCONT)
 
     def stop(self, timeout: float = 15) -> None:
         if self.popen.poll() is None:

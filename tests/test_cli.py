@@ -38,7 +38,7 @@ def test_schema_prints_the_sdl() -> None:
     done = jobql("schema")
     assert done.returncode == 0
     assert done.stdout == build_schema(built_in_kinds()).as_str() + "\n"
-    assert "uploadAvatar(file: Upload!, options: AvatarOptions = null): Job!" in done.stdout
+    assert "uploadAvatar(\n    file: Upload!\n    options: AvatarOptions = null\n" in done.stdout
 
 
 @pytest.mark.parametrize("command", ["web", "worker", "token"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -65,13 +66,21 @@ async def follow_to_end(web: WebServer, user: str, job_id: str, protocol: str) -
     return [job async for job in follow(ws_client(web, token(user), protocol), job_id)]
 
 
-async def test_avatar_upload_followed_to_success(web: WebServer, settings: Settings) -> None:
-    job = await upload(web, "alice", phone_photo(), "IMG_0001.JPG", size=256)
-    assert job["state"] == "PENDING"
-    assert job["kind"] == "AVATAR"
-    assert job["done"] is False
-
-    events = await follow_to_end(web, "alice", job["id"], GRAPHQL_TRANSPORT_WS)
+async def test_avatar_upload_followed_to_success(
+    web: WebServer, worker: Process, settings: Settings
+) -> None:
+    events: list[Any] = []
+    with worker.paused():  # so the subscription is open before the work starts
+        job = await upload(web, "alice", phone_photo(), "IMG_0001.JPG", size=256)
+        assert job["state"] == "PENDING"
+        assert job["kind"] == "AVATAR"
+        assert job["done"] is False
+        following = asyncio.create_task(
+            collect(follow(ws_client(web, token("alice"), GRAPHQL_TRANSPORT_WS), job["id"]), events)
+        )
+        while not events and not following.done():
+            await asyncio.sleep(0.01)
+    await following
 
     states = [event["state"] for event in events]
     assert states[-1] == "SUCCESS", events
