@@ -25,7 +25,7 @@ from jobql.connections import create_redis
 from jobql.downloads import PrivateFiles
 from jobql.files import PRIVATE_URL, PUBLIC_URL, ResultFiles
 from jobql.graphql_app import JobqlGraphQL
-from jobql.health import Health, healthz
+from jobql.health import Health, MediaProbe, healthz
 from jobql.jobs import DEFAULT_QUEUE
 from jobql.listing import Cursors, JobListing
 from jobql.logs import configure_logging, route_uvicorn_logs_to_root
@@ -161,7 +161,7 @@ def create_app(settings: Settings | None = None) -> SecurityHeaders:
     )
     # No REST routes to document: no /docs, /redoc or /openapi.json.
     app = FastAPI(title="jobql", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
-    health = Health(redis)
+    health = Health(redis, MediaProbe(settings.incoming_dir))
     cluster = ClusterMetrics(redis, queues=(DEFAULT_QUEUE,))
     app.add_api_route("/healthz", healthz(settings.run_id), include_in_schema=False)
     app.add_api_route("/readyz", health.readyz, include_in_schema=False)

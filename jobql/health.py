@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import math
 import time
+import uuid
 from typing import TYPE_CHECKING
 
 from redis.exceptions import RedisError
@@ -12,8 +17,16 @@ from jobql.stats import WORKER_ALIVE_SECONDS, WORKERS_KEY
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
+    from pathlib import Path
 
     from redis.asyncio import Redis
+
+logger = logging.getLogger(__name__)
+
+# How long a probe's answer stands: /readyz polled by many checkers costs one write a second.
+PROBE_MAX_AGE = 1.0
+# A file system that hangs (a lost network mount) counts as unwritable after this long.
+PROBE_TIMEOUT = 2.0
 
 
 def healthz(run_id: str | None) -> Callable[[], Awaitable[dict[str, str]]]:
@@ -27,18 +40,74 @@ def healthz(run_id: str | None) -> Callable[[], Awaitable[dict[str, str]]]:
     return healthz
 
 
+class MediaProbe:
+    """Whether the media store takes a write: a small file written and removed where
+    uploads go, in a thread, at most once every `max_age` seconds however often it is
+    asked (callers in between share the last answer, or the probe under way)."""
+
+    def __init__(self, directory: Path, max_age: float = PROBE_MAX_AGE) -> None:
+        self.directory = directory
+        self.max_age = max_age
+        self._checked_at = -math.inf
+        self._writable = False
+        self._running: asyncio.Task[bool] | None = None
+
+    async def writable(self) -> bool:
+        if time.monotonic() - self._checked_at < self.max_age:
+            return self._writable
+        if self._running is None:
+            self._running = asyncio.create_task(self._probe())
+        try:
+            async with asyncio.timeout(PROBE_TIMEOUT):
+                return await asyncio.shield(self._running)
+        except TimeoutError:
+            return False
+
+    async def _probe(self) -> bool:
+        try:
+            writable = await asyncio.to_thread(write_probe, self.directory)
+        finally:
+            self._running = None
+        self._checked_at = time.monotonic()
+        self._writable = writable
+        return writable
+
+
+def write_probe(directory: Path) -> bool:
+    """Write a small file in `directory` and remove it. Blocking."""
+    # Not named like an upload (`*.upload`): the sweep never takes it for one.
+    path = directory / f".probe-{uuid.uuid4().hex}"
+    try:
+        with path.open("xb") as file:
+            file.write(b"jobql readiness probe\n")
+        path.unlink()
+    except OSError as exc:
+        logger.warning("The media store cannot be written: %s", exc)
+        with contextlib.suppress(OSError):
+            path.unlink(missing_ok=True)
+        return False
+    return True
+
+
 class Health:
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, media: MediaProbe) -> None:
         self.redis = redis
+        self.media = media
 
     async def readyz(self) -> JSONResponse:
-        """Ready when Redis answers and at least one worker has said it is alive lately."""
+        """Ready when Redis answers, at least one worker has said it is alive lately, and
+        the media store can be written."""
+        media_writable = asyncio.create_task(self.media.writable())
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
                 pipe.ping()
                 pipe.zcount(WORKERS_KEY, time.time() - WORKER_ALIVE_SECONDS, "+inf")
                 _, workers = await pipe.execute()
         except (RedisError, OSError, TimeoutError):
-            return JSONResponse({"redis": "unreachable", "workers": None}, status_code=503)
-        body = {"redis": "ok", "workers": int(workers)}
-        return JSONResponse(body, status_code=200 if workers else 503)
+            redis, workers = "unreachable", None
+        else:
+            redis, workers = "ok", int(workers)
+        media = "ok" if await media_writable else "unwritable"
+        body = {"redis": redis, "workers": workers, "media": media}
+        ready = redis == "ok" and bool(workers) and media == "ok"
+        return JSONResponse(body, status_code=200 if ready else 503)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 from dataclasses import dataclass
@@ -41,6 +42,11 @@ class InvalidImage(ValueError):
     """The file cannot be decoded as an image; trying again will not change that."""
 
 
+class AvatarNotWritten(Exception):
+    """The image could not be written where it goes: its file system is full, read-only
+    or gone. Trying again later may work."""
+
+
 @dataclass(frozen=True, slots=True)
 class Avatar:
     path: Path
@@ -63,20 +69,27 @@ def make_avatar(
     """Orient, centre-crop to a `size` square, strip metadata and write atomically.
 
     `destination` appears complete or not at all: the image is written to a
-    temporary file beside it and renamed.
+    temporary file beside it and renamed. `AvatarNotWritten` if the file system refuses.
     """
     image = _decode(source, size, max_pixels, max_decoded_bytes)
     progress(50)
     square = _centre_square(image, size)
     clean = _without_metadata(square, image_format)
     progress(70)
-    destination.parent.mkdir(parents=True, exist_ok=True)
     temporary = destination.with_name(f".{destination.name}.{os.getpid()}.tmp")
     try:
-        clean.save(temporary, format=image_format.value, **_encoder_options(image_format, quality))
-        temporary.replace(destination)
-    finally:
-        temporary.unlink(missing_ok=True)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            clean.save(
+                temporary, format=image_format.value, **_encoder_options(image_format, quality)
+            )
+            temporary.replace(destination)
+        finally:
+            # On a read-only file system even this fails; the sweep removes what is left.
+            with contextlib.suppress(OSError):
+                temporary.unlink(missing_ok=True)
+    except OSError as exc:
+        raise AvatarNotWritten(str(exc)) from exc
     progress(90)
     return Avatar(
         path=destination,

@@ -8,7 +8,9 @@ kept in memory up to a limit of their own. Nothing is copied twice.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
 import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -23,6 +25,7 @@ if TYPE_CHECKING:
     from python_multipart.multipart import MultipartCallbacks
 
 MAX_HEADER_BYTES = 8 * 1024
+logger = logging.getLogger(__name__)
 
 
 class FormRejected(Exception):
@@ -32,6 +35,23 @@ class FormRejected(Exception):
         super().__init__(message)
         self.code = code
         self.status = status
+
+
+class UploadNotStored(FormRejected):
+    """The media store could not take the file (its file system is full, read-only or gone):
+    nothing the client did, and it may pass."""
+
+    def __init__(self, exc: OSError) -> None:
+        super().__init__(
+            "The upload could not be stored; try again shortly.",
+            code="SERVICE_UNAVAILABLE",
+            status=503,
+        )
+        logger.warning(
+            "SERVICE_UNAVAILABLE: an upload could not be stored: %s",
+            exc,
+            extra={"code": "SERVICE_UNAVAILABLE"},
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +108,7 @@ async def read_form(
     except MultipartParseError as exc:
         raise FormRejected(f"The multipart body is malformed: {exc}") from exc
     finally:
-        reader.close()
+        reader.discard()
     if not reader.ended:
         raise FormRejected("The multipart body ended before its closing boundary.")
     return reader.form
@@ -125,9 +145,21 @@ class _FormReader:
         }
 
     def close(self) -> None:
+        """Close the file being written; what is still buffered is written now."""
         if self._file is not None:
-            self._file.close()
-            self._file = None
+            file, self._file = self._file, None
+            try:
+                file.close()
+            except OSError as exc:
+                raise UploadNotStored(exc) from exc
+
+    def discard(self) -> None:
+        """Close the file, if one is still open, whatever its state: the request failed
+        and the file is removed with it."""
+        if self._file is not None:
+            file, self._file = self._file, None
+            with contextlib.suppress(OSError):  # the buffer it could not write
+                file.close()
 
     def _part_begin(self) -> None:
         self._headers = {}
@@ -182,9 +214,12 @@ class _FormReader:
             raise FormRejected(f"The file name {problem}.")
         path = self.directory / f"{uuid.uuid4()}.upload"
         content_type = self._headers.get(b"content-type", b"application/octet-stream")
+        try:
+            self._file = path.open("xb")
+        except OSError as exc:
+            raise UploadNotStored(exc) from exc
         self._upload = IncomingUpload(path, filename, content_type.decode(errors="replace"))
         self.uploads.append(self._upload)
-        self._file = path.open("xb")
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:
         if self._upload is not None and self._file is not None:
@@ -196,7 +231,10 @@ class _FormReader:
                     status=413,
                 )
             # A write of one chunk lands in the page cache in microseconds.
-            self._file.write(data[start:end])
+            try:
+                self._file.write(data[start:end])
+            except OSError as exc:
+                raise UploadNotStored(exc) from exc
             self._upload.digest.update(data[start:end])
         elif self._field is not None:
             if len(self._field) + end - start > self.limits.max_field_bytes:

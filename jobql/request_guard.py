@@ -234,4 +234,7 @@ def _refusal(exc: FormRejected) -> JSONResponse:
 def _remove_unclaimed(uploads: list[IncomingUpload]) -> None:
     for upload in uploads:
         if not upload.claimed:
-            upload.path.unlink(missing_ok=True)
+            try:
+                upload.path.unlink(missing_ok=True)
+            except OSError as exc:  # a file system gone read-only: the sweep removes it later
+                logger.warning("Could not remove an unclaimed upload: %s", exc)

@@ -42,6 +42,12 @@ class Settings(BaseSettings):
     mail_retry_backoff: float = Field(
         default=2.0, gt=0, description="Seconds before the first retry; doubles each time"
     )
+    storage_max_retries: int = Field(
+        default=5, ge=0, description="Retries of a job whose result file cannot be written"
+    )
+    storage_retry_backoff: float = Field(
+        default=5.0, gt=0, description="Seconds before the first such retry; doubles each time"
+    )
 
     site_name: str = "jobql"
     result_expires: int = Field(default=86_400, gt=0, description="Seconds a job is kept")

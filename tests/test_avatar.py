@@ -12,6 +12,7 @@ from PIL import Image, ImageCms
 
 from jobql.images import (
     Avatar,
+    AvatarNotWritten,
     ImageFormat,
     InvalidImage,
     existing_avatar,
@@ -393,9 +394,10 @@ def test_failure_while_saving_leaves_no_temporary_file(tmp_path: Path) -> None:
     destination.mkdir(parents=True)
     (destination / "occupied").write_bytes(b"x")
 
-    with pytest.raises(IsADirectoryError):
+    with pytest.raises(AvatarNotWritten) as failed:
         avatar(source, destination)
 
+    assert isinstance(failed.value.__cause__, IsADirectoryError)
     assert files_in(folder) == ["avatar.jpg"]
     assert destination.is_dir()
 

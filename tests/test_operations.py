@@ -65,7 +65,7 @@ async def test_not_ready_without_workers_or_redis(make_stack: Callable[..., Stac
     web = stack.start_web()
     no_worker = await get(web, "/readyz")
     assert no_worker.status_code == 503
-    assert no_worker.json() == {"redis": "ok", "workers": 0}
+    assert no_worker.json() == {"redis": "ok", "workers": 0, "media": "ok"}
 
     stack.redis.stop()
     no_redis = await get(web, "/readyz")

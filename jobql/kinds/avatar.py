@@ -12,6 +12,7 @@ import strawberry
 from strawberry.file_uploads import Upload
 
 from jobql.images import (
+    AvatarNotWritten,
     ImageFormat,
     InvalidImage,
     existing_avatar,
@@ -26,6 +27,8 @@ from jobql.kinds import (
     JobSnapshot,
     Kind,
     MutationInfo,
+    RetryLater,
+    RetryPolicy,
     TaskContext,
     caller,
     check_rate,
@@ -39,6 +42,7 @@ from jobql.uploads import UploadRejected, sniff_image
 if TYPE_CHECKING:
     import argparse
     from collections.abc import Callable
+    from pathlib import Path
 
     from jobql.client import JobData, JobqlClient
 
@@ -130,12 +134,20 @@ async def upload_avatar(
 
 
 def make(ctx: TaskContext, payload: AvatarPayload) -> AvatarResult:
-    """Make the avatar; a redelivery whose upload is gone finds what an earlier one made."""
+    """Make the avatar; a redelivery whose upload is gone finds what an earlier one made.
+
+    An avatar the media store cannot take (full, read-only, gone) is tried again later
+    (`JOBQL_STORAGE_MAX_RETRIES`, `JOBQL_STORAGE_RETRY_BACKOFF`), its upload kept for it.
+    """
     assert ctx.files is not None, "the kind declares a file area"
     incoming = ctx.settings.incoming_dir / payload.incoming_name
     name = f"{ctx.job_id}.{payload.image_format.extension}"
-    destination = ctx.files.path(name)
+    keep_upload = False
     try:
+        try:
+            destination = ctx.files.path(name)
+        except OSError as exc:
+            raise AvatarNotWritten(str(exc)) from exc
         made = existing_avatar(destination, payload.image_format) if not incoming.exists() else None
         if made is None:
             made = make_avatar(
@@ -156,8 +168,12 @@ def make(ctx: TaskContext, payload: AvatarPayload) -> AvatarResult:
         ) from None
     except InvalidImage as exc:
         raise JobFailed("INVALID_IMAGE", str(exc), retryable=False) from None
+    except AvatarNotWritten as exc:
+        keep_upload = True
+        raise RetryLater("STORAGE_UNAVAILABLE", f"The avatar could not be written ({exc})") from exc
     finally:
-        incoming.unlink(missing_ok=True)
+        if not keep_upload:
+            _remove(incoming)
     return AvatarResult(
         url=ctx.files.url(name),
         width=made.width,
@@ -168,6 +184,13 @@ def make(ctx: TaskContext, payload: AvatarPayload) -> AvatarResult:
 
 
 AVATAR_WRITTEN = 90
+
+
+def _remove(incoming: "Path") -> None:
+    try:
+        incoming.unlink(missing_ok=True)
+    except OSError as exc:  # a file system gone read-only: the sweep removes it later
+        logger.warning("Could not remove the upload: %s", exc)
 
 
 def _step(ctx: TaskContext, percent: int) -> None:
@@ -232,6 +255,10 @@ kind = Kind(
     run=make,
     mutation=upload_avatar,
     files=FileArea("avatars"),
+    retry=RetryPolicy(
+        max_retries=lambda settings: settings.storage_max_retries,
+        backoff=lambda settings: settings.storage_retry_backoff,
+    ),
     command=Command(
         name="upload-avatar",
         help="upload a photo to a running server, to become a square avatar",

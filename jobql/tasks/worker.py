@@ -35,6 +35,8 @@ if TYPE_CHECKING:
     from jobql.settings import Settings
     from jobql.tasks.backend import JobResultBackend
 
+logger = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True, slots=True)
 class Dependencies:
@@ -107,7 +109,10 @@ class JobTask(Task):  # type: ignore[type-arg]
     def drop_upload(self) -> None:
         """Remove what the job was given when its body will not run to remove it: an
         upload is named after the job it was queued for."""
-        (self.deps.settings.incoming_dir / f"{self.request.id}.upload").unlink(missing_ok=True)
+        try:
+            (self.deps.settings.incoming_dir / f"{self.request.id}.upload").unlink(missing_ok=True)
+        except OSError as exc:  # a file system gone read-only: the sweep removes it later
+            logger.warning("Could not remove the job's upload: %s", exc)
 
     def refuse_poison(self) -> None:
         """End a job that keeps killing its worker, instead of handing it on forever."""
@@ -163,7 +168,10 @@ def run_job(self: JobTask, **kwargs: Any) -> dict[str, Any]:
     try:
         result = self.kind.run(self.context(), payload)
     except RetryLater as later:
-        raise self.retry_later(later) from later
+        retry_or_end = self.retry_later(later)
+        if isinstance(retry_or_end, JobFailed):  # no retry left: nothing will use the upload
+            self.drop_upload()
+        raise retry_or_end from later
     except JobCancelled:
         self.drop_upload()
         cast("JobResultBackend", self.backend).mark_cancelled(str(self.request.id))
