@@ -29,6 +29,7 @@ from jobql.connections import create_redis
 from jobql.images import ImageFormat, make_avatar
 from jobql.jobs import meta_key
 from jobql.settings import Settings
+from jobql.storage import write_atomically
 from jobql.store import JobStore
 
 if TYPE_CHECKING:
@@ -341,6 +342,7 @@ def processing(bench: Bench, size: Size) -> dict[str, Any]:
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as folder:
         directory = Path(folder)
+        our_avatar = directory / "ours.jpg"
         for name, data in inputs.items():
             source = directory / name
             source.write_bytes(data)
@@ -348,7 +350,13 @@ def processing(bench: Bench, size: Size) -> dict[str, Any]:
             for _ in range(size.processing_runs):
                 started = time.perf_counter()
                 make_avatar(
-                    source, directory / "ours.jpg", 256, 85, ImageFormat.JPEG, 10**9, 10**10
+                    source,
+                    lambda write: write_atomically(our_avatar, write),
+                    256,
+                    85,
+                    ImageFormat.JPEG,
+                    10**9,
+                    10**10,
                 )
                 ours.append(time.perf_counter() - started)
                 started = time.perf_counter()
@@ -378,7 +386,7 @@ async def completion(bench: Bench, size: Size) -> dict[str, Any]:
         secret_key=SecretStr(SECRET_KEY),
         media_root=bench.media / "jobql",
     )
-    settings.incoming_dir.mkdir(parents=True, exist_ok=True)
+    (settings.media_root / "incoming").mkdir(parents=True, exist_ok=True)
     reference_incoming = bench.media / "reference" / "incoming"
     reference_incoming.mkdir(parents=True, exist_ok=True)
     redis = create_redis(settings)
@@ -396,7 +404,7 @@ async def completion(bench: Bench, size: Size) -> dict[str, Any]:
     async def ours_avatars() -> list[str]:
         ids = []
         for n in range(size.avatars):
-            (settings.incoming_dir / f"a{n}.upload").write_bytes(photo)
+            (settings.media_root / "incoming" / f"a{n}.upload").write_bytes(photo)
             job = await store.enqueue(
                 "avatar",
                 "bench",

@@ -8,10 +8,10 @@ No `from __future__ import annotations`: Strawberry reads these annotations at r
 """
 
 import csv
-import os
+import io
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, assert_never
+from typing import TYPE_CHECKING, Any, BinaryIO, assert_never
 
 import strawberry
 
@@ -68,24 +68,24 @@ def export(ctx: TaskContext, payload: ExportPayload) -> FileResult:
             name, content_type = "jobs.csv", "text/csv"
         case _:
             assert_never(payload.format)
-    destination = ctx.files.path(name)
-    temporary = destination.with_name(f".{name}.{os.getpid()}.tmp")
     total = max(1, count_owner_jobs(ctx))
     rows = 0
-    try:
-        with temporary.open("w", newline="") as file:
-            writer = csv.writer(file)
-            writer.writerow(COLUMNS)
-            for jobs in owner_jobs(ctx):
-                writer.writerows(_row(job) for job in jobs)
-                rows += len(jobs)
-                ctx.report_progress(min(99, rows * 100 // total))
-        temporary.replace(destination)
-    finally:
-        temporary.unlink(missing_ok=True)
+
+    def write(file: BinaryIO) -> None:
+        nonlocal rows
+        text = io.TextIOWrapper(file, newline="", write_through=True)
+        writer = csv.writer(text)
+        writer.writerow(COLUMNS)
+        for jobs in owner_jobs(ctx):
+            writer.writerows(_row(job) for job in jobs)
+            rows += len(jobs)
+            ctx.report_progress(min(99, rows * 100 // total))
+        text.detach()  # the file is the store's to close
+
+    size = ctx.files.publish(name, write)
     return FileResult(
         url=ctx.files.url(name),
-        size_bytes=destination.stat().st_size,
+        size_bytes=size,
         content_type=content_type,
         rows=rows,
     )

@@ -23,7 +23,7 @@ from jobql.admission import Admission
 from jobql.auth import TokenVerifier
 from jobql.connections import create_redis
 from jobql.downloads import PrivateFiles
-from jobql.files import PRIVATE_URL, PUBLIC_URL, ResultFiles
+from jobql.files import PRIVATE_URL, PUBLIC_URL
 from jobql.graphql_app import JobqlGraphQL
 from jobql.health import Health, MediaProbe, healthz
 from jobql.jobs import DEFAULT_QUEUE
@@ -41,6 +41,7 @@ from jobql.resolvers.context import Services
 from jobql.schema import build_schema
 from jobql.security_headers import SecurityHeaders, page_policy
 from jobql.settings import Settings
+from jobql.storage import create_storage
 from jobql.store import JobStore
 from jobql.watcher import JobWatcher
 
@@ -107,6 +108,7 @@ def create_app(settings: Settings | None = None) -> SecurityHeaders:
         issuer=settings.jwt_issuer,
         audience=settings.jwt_audience,
     )
+    storage = create_storage(settings)
     store = JobStore(
         redis,
         result_expires=settings.result_expires,
@@ -127,9 +129,9 @@ def create_app(settings: Settings | None = None) -> SecurityHeaders:
         connections=UserQuota(settings.max_connections_per_user, "WebSocket connections"),
         reclaimer=Reclaimer(),
         metrics=WebMetrics(),
+        storage=storage,
     )
-    files = ResultFiles(settings.media_root)
-    settings.incoming_dir.mkdir(parents=True, exist_ok=True)
+    storage.prepare(kinds.file_areas)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -156,25 +158,23 @@ def create_app(settings: Settings | None = None) -> SecurityHeaders:
         connection_init_wait_timeout=timedelta(seconds=settings.ws_init_timeout),
         # JOBQL_MAX_SUBSCRIPTIONS_PER_USER caps them, over every connection, with a code.
         max_subscriptions_per_connection=None,
-        incoming_dir=settings.incoming_dir,
         upload_limits=FormLimits(max_file_bytes=settings.max_upload_bytes),
     )
     # No REST routes to document: no /docs, /redoc or /openapi.json.
     app = FastAPI(title="jobql", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
-    health = Health(redis, MediaProbe(settings.incoming_dir))
+    health = Health(redis, MediaProbe(storage))
     cluster = ClusterMetrics(redis, queues=(DEFAULT_QUEUE,))
     app.add_api_route("/healthz", healthz(settings.run_id), include_in_schema=False)
     app.add_api_route("/readyz", health.readyz, include_in_schema=False)
     app.add_api_route("/metrics", services.metrics.exposition, include_in_schema=False)
     app.add_api_route("/metrics/cluster", cluster.exposition, include_in_schema=False)
     for area in kinds.file_areas:
-        if not area.private:
-            folder = files.public_dir(area)
-            folder.mkdir(parents=True, exist_ok=True)
+        folder = storage.public_folder(area)
+        if folder is not None:
             app.mount(
                 f"{PUBLIC_URL}/{area.folder}", StaticFiles(directory=folder), name=area.folder
             )
-    private = PrivateFiles(files, kinds.file_areas, services.tokens, services.store)
+    private = PrivateFiles(storage, kinds.file_areas, services.tokens, services.store)
     app.add_route(
         f"{PRIVATE_URL}/{{folder}}/{{job_id}}/{{name}}",
         private.download,

@@ -20,19 +20,20 @@ if TYPE_CHECKING:
     from starlette.requests import Request
 
     from jobql.auth import TokenVerifier
-    from jobql.files import FileArea, ResultFiles
+    from jobql.files import FileArea
+    from jobql.storage import Storage
     from jobql.store import JobStore
 
 
 class PrivateFiles:
     def __init__(
         self,
-        files: ResultFiles,
+        storage: Storage,
         areas: list[FileArea],
         tokens: TokenVerifier,
         store: JobStore,
     ) -> None:
-        self.files = files
+        self.storage = storage
         self.areas = {area.folder: area for area in areas if area.private}
         self.tokens = tokens
         self.store = store
@@ -46,14 +47,14 @@ class PrivateFiles:
             return _not_found()
         try:
             user_id = self.tokens.principal(request.headers.get("authorization")).user_id
-            path = self.files.private_file(area, job_id, name)
+            path = self.storage.local_path(area, job_id, name)
         except (InvalidToken, BadFileName):
             return _not_found()
         try:
             job = await self.store.get(job_id, owner=user_id)
         except (RedisError, TimeoutError):
             return JSONResponse({"error": "The job store is unreachable."}, status_code=503)
-        if job is None or not path.is_file():
+        if job is None or path is None or not self.storage.exists(area, job_id, name):
             return _not_found()
         return FileResponse(path, filename=name, headers={"Cache-Control": "private, no-store"})
 

@@ -37,7 +37,6 @@ from jobql.ws_protocols import ClosingWebSocketAdapter, LegacyWSHandler, Transpo
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
-    from pathlib import Path
 
     from cross_web import AsyncHTTPRequestAdapter
     from starlette.requests import Request
@@ -89,13 +88,11 @@ class JobqlGraphQL(GraphQL[Context, None]):
         self,
         *args: Any,
         services: Services,
-        incoming_dir: Path,
         upload_limits: FormLimits,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.services = services
-        self.incoming_dir = incoming_dir
         self.upload_limits = upload_limits
 
     def decode_json(self, data: str | bytes) -> object:
@@ -230,7 +227,7 @@ class JobqlGraphQL(GraphQL[Context, None]):
         form = await read_form(
             starlette_request.stream(),
             request.content_type or "",
-            self.incoming_dir,
+            self.services.storage,
             self.upload_limits,
             starlette_request.scope["state"][UPLOADS],
         )

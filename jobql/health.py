@@ -3,23 +3,23 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import time
-import uuid
 from typing import TYPE_CHECKING
 
 from redis.exceptions import RedisError
 from starlette.responses import JSONResponse
 
 from jobql.stats import WORKER_ALIVE_SECONDS, WORKERS_KEY
+from jobql.storage import StorageUnavailable
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
-    from pathlib import Path
 
     from redis.asyncio import Redis
+
+    from jobql.storage import Storage
 
 logger = logging.getLogger(__name__)
 
@@ -41,12 +41,12 @@ def healthz(run_id: str | None) -> Callable[[], Awaitable[dict[str, str]]]:
 
 
 class MediaProbe:
-    """Whether the media store takes a write: a small file written and removed where
-    uploads go, in a thread, at most once every `max_age` seconds however often it is
+    """Whether the media store takes a write (`Storage.probe`: a small file written and
+    removed), asked in a thread at most once every `max_age` seconds however often it is
     asked (callers in between share the last answer, or the probe under way)."""
 
-    def __init__(self, directory: Path, max_age: float = PROBE_MAX_AGE) -> None:
-        self.directory = directory
+    def __init__(self, storage: Storage, max_age: float = PROBE_MAX_AGE) -> None:
+        self.storage = storage
         self.max_age = max_age
         self._checked_at = -math.inf
         self._writable = False
@@ -65,28 +65,20 @@ class MediaProbe:
 
     async def _probe(self) -> bool:
         try:
-            writable = await asyncio.to_thread(write_probe, self.directory)
+            writable = await asyncio.to_thread(self._writable_now)
         finally:
             self._running = None
         self._checked_at = time.monotonic()
         self._writable = writable
         return writable
 
-
-def write_probe(directory: Path) -> bool:
-    """Write a small file in `directory` and remove it. Blocking."""
-    # Not named like an upload (`*.upload`): the sweep never takes it for one.
-    path = directory / f".probe-{uuid.uuid4().hex}"
-    try:
-        with path.open("xb") as file:
-            file.write(b"jobql readiness probe\n")
-        path.unlink()
-    except OSError as exc:
-        logger.warning("The media store cannot be written: %s", exc)
-        with contextlib.suppress(OSError):
-            path.unlink(missing_ok=True)
-        return False
-    return True
+    def _writable_now(self) -> bool:
+        try:
+            self.storage.probe()
+        except StorageUnavailable as exc:
+            logger.warning("%s", exc)
+            return False
+        return True
 
 
 class Health:

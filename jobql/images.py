@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import warnings
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING, assert_never
+from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO, TypeAlias, assert_never
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -15,7 +15,12 @@ from jobql.image_formats import READABLE_FORMATS, decoded_bytes, too_short_for_i
 
 if TYPE_CHECKING:
     from collections.abc import Callable
-    from pathlib import Path
+
+# An image file to read: a path, or a file object open for reading.
+Source: TypeAlias = Path | BinaryIO
+# Stores a file whole or not at all, its content written by the function it is given;
+# answers its size (`JobFiles.publish`, for one name).
+Publish: TypeAlias = "Callable[[Callable[[BinaryIO], None]], int]"
 
 FLATTEN_ONTO = (255, 255, 255)
 
@@ -42,14 +47,8 @@ class InvalidImage(ValueError):
     """The file cannot be decoded as an image; trying again will not change that."""
 
 
-class AvatarNotWritten(Exception):
-    """The image could not be written where it goes: its file system is full, read-only
-    or gone. Trying again later may work."""
-
-
 @dataclass(frozen=True, slots=True)
 class Avatar:
-    path: Path
     width: int
     height: int
     size_bytes: int
@@ -57,8 +56,8 @@ class Avatar:
 
 
 def make_avatar(
-    source: Path,
-    destination: Path,
+    source: Source,
+    publish: Publish,
     size: int,
     quality: int,
     image_format: ImageFormat,
@@ -66,60 +65,41 @@ def make_avatar(
     max_decoded_bytes: int,
     progress: Callable[[int], None] = lambda percent: None,
 ) -> Avatar:
-    """Orient, centre-crop to a `size` square, strip metadata and write atomically.
-
-    `destination` appears complete or not at all: the image is written to a
-    temporary file beside it and renamed. `AvatarNotWritten` if the file system refuses.
-    """
+    """Orient, centre-crop to a `size` square, strip metadata, and `publish` the file
+    (which stores it whole or not at all, and may raise what its store raises)."""
     image = _decode(source, size, max_pixels, max_decoded_bytes)
     progress(50)
     square = _centre_square(image, size)
     clean = _without_metadata(square, image_format)
     progress(70)
-    temporary = destination.with_name(f".{destination.name}.{os.getpid()}.tmp")
-    try:
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            clean.save(
-                temporary, format=image_format.value, **_encoder_options(image_format, quality)
-            )
-            temporary.replace(destination)
-        finally:
-            # On a read-only file system even this fails; the sweep removes what is left.
-            with contextlib.suppress(OSError):
-                temporary.unlink(missing_ok=True)
-    except OSError as exc:
-        raise AvatarNotWritten(str(exc)) from exc
+    options = _encoder_options(image_format, quality)
+    size_bytes = publish(lambda file: clean.save(file, format=image_format.value, **options))
     progress(90)
     return Avatar(
-        path=destination,
-        width=clean.width,
-        height=clean.height,
-        size_bytes=destination.stat().st_size,
-        format=image_format,
+        width=clean.width, height=clean.height, size_bytes=size_bytes, format=image_format
     )
 
 
-def remove_leftovers(destination: Path) -> None:
-    """Remove what earlier deliveries that died mid-write left beside `destination`.
-
-    This lists the whole directory: worth it only when there was an earlier delivery.
-    """
-    for leftover in destination.parent.glob(f".{destination.name}.*.tmp"):
-        leftover.unlink(missing_ok=True)
-
-
-def existing_avatar(path: Path, image_format: ImageFormat) -> Avatar | None:
-    """The image an earlier delivery of the same job finished, if there is one."""
+def existing_avatar(source: Source, image_format: ImageFormat) -> Avatar | None:
+    """The image an earlier delivery of the same job finished, if it is readable."""
     try:
-        with Image.open(path) as image:
+        with Image.open(source) as image:
             width, height = image.size
-        return Avatar(path, width, height, path.stat().st_size, image_format)
+        return Avatar(width, height, _size_of(source), image_format)
     except (OSError, UnidentifiedImageError):
         return None
 
 
-def _decode(source: Path, size: int, max_pixels: int, max_decoded_bytes: int) -> Image.Image:
+def _size_of(source: Source) -> int:
+    if isinstance(source, Path):
+        return source.stat().st_size
+    position = source.tell()
+    size = source.seek(0, os.SEEK_END)
+    source.seek(position)
+    return size
+
+
+def _decode(source: Source, size: int, max_pixels: int, max_decoded_bytes: int) -> Image.Image:
     """Decode the image upright, at the smallest scale that still covers a `size` square.
 
     What decoding would cost is checked from the header first: the pixels, the bytes they take
@@ -132,7 +112,7 @@ def _decode(source: Path, size: int, max_pixels: int, max_decoded_bytes: int) ->
             with Image.open(source, formats=READABLE_FORMATS) as opened:
                 if opened.width * opened.height > max_pixels:
                     raise InvalidImage(f"The image has more than {max_pixels} pixels.")
-                if too_short_for_its_size(opened, source.stat().st_size):
+                if too_short_for_its_size(opened, _size_of(source)):
                     raise InvalidImage(
                         f"The file is too short for the {opened.width}x{opened.height} pixels "
                         "its header claims: it is truncated."

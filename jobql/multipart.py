@@ -1,28 +1,29 @@
-"""GraphQL multipart requests, streamed: each file goes straight to its incoming path.
+"""GraphQL multipart requests, streamed: each file goes straight to the store.
 
-The request body is parsed as it arrives. A file part is written to
-`MEDIA_ROOT/incoming/<uuid>.upload` chunk by chunk and cut off the moment it
-passes the size limit; the other parts are small fields (`operations`, `map`)
-kept in memory up to a limit of their own. Nothing is copied twice.
+The request body is parsed as it arrives. A file part is stored as a new upload chunk by
+chunk (`Storage.new_upload`) and cut off the moment it passes the size limit; the other
+parts are small fields (`operations`, `map`) kept in memory up to a limit of their own.
+Nothing is copied twice.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
-import uuid
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any
 
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
+from jobql.storage import StorageUnavailable
+
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
-    from pathlib import Path
 
     from python_multipart.multipart import MultipartCallbacks
+
+    from jobql.storage import Storage, UploadSink
 
 MAX_HEADER_BYTES = 8 * 1024
 logger = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ class UploadNotStored(FormRejected):
     """The media store could not take the file (its file system is full, read-only or gone):
     nothing the client did, and it may pass."""
 
-    def __init__(self, exc: OSError) -> None:
+    def __init__(self, exc: StorageUnavailable) -> None:
         super().__init__(
             "The upload could not be stored; try again shortly.",
             code="SERVICE_UNAVAILABLE",
@@ -64,10 +65,10 @@ class FormLimits:
 
 @dataclass(eq=False, slots=True)
 class IncomingUpload:
-    """A file the request carried, already on disk. Unless a resolver claims it, it is
-    deleted when the request ends."""
+    """A file the request carried, already in the store. Unless a resolver claims it, it
+    is removed when the request ends."""
 
-    path: Path
+    sink: UploadSink
     filename: str
     content_type: str
     size: int = 0
@@ -77,7 +78,15 @@ class IncomingUpload:
 
     @property
     def id(self) -> str:
-        return self.path.stem
+        return self.sink.id
+
+    @property
+    def name(self) -> str:
+        """Its name in the store."""
+        return self.sink.name
+
+    def remove(self) -> None:
+        self.sink.discard()
 
 
 @dataclass(slots=True)
@@ -89,7 +98,7 @@ class Form:
 async def read_form(
     chunks: AsyncIterator[bytes],
     content_type: str,
-    directory: Path,
+    storage: Storage,
     limits: FormLimits,
     uploads: list[IncomingUpload],
 ) -> Form:
@@ -99,7 +108,7 @@ async def read_form(
     boundary = options.get(b"boundary")
     if not boundary:
         raise FormRejected("The multipart request has no boundary.")
-    reader = _FormReader(directory, limits, uploads)
+    reader = _FormReader(storage, limits, uploads)
     parser = MultipartParser(boundary, reader.callbacks())
     try:
         async for chunk in chunks:
@@ -107,8 +116,6 @@ async def read_form(
         parser.finalize()
     except MultipartParseError as exc:
         raise FormRejected(f"The multipart body is malformed: {exc}") from exc
-    finally:
-        reader.discard()
     if not reader.ended:
         raise FormRejected("The multipart body ended before its closing boundary.")
     return reader.form
@@ -117,8 +124,8 @@ async def read_form(
 class _FormReader:
     """The parser's callbacks: one part at a time, to a field buffer or to a file."""
 
-    def __init__(self, directory: Path, limits: FormLimits, uploads: list[IncomingUpload]) -> None:
-        self.directory = directory
+    def __init__(self, storage: Storage, limits: FormLimits, uploads: list[IncomingUpload]) -> None:
+        self.storage = storage
         self.limits = limits
         self.uploads = uploads
         self.form = Form()
@@ -130,7 +137,7 @@ class _FormReader:
         self._name = ""
         self._field: bytearray | None = None
         self._upload: IncomingUpload | None = None
-        self._file: BinaryIO | None = None
+        self._writing = False
 
     def callbacks(self) -> MultipartCallbacks:
         return {
@@ -144,22 +151,15 @@ class _FormReader:
             "on_end": self._end,
         }
 
-    def close(self) -> None:
-        """Close the file being written; what is still buffered is written now."""
-        if self._file is not None:
-            file, self._file = self._file, None
+    def _finish_file(self) -> None:
+        """The file part has ended: what is still buffered is stored now. (A file left
+        unfinished, the request failing, is removed by the owner of `uploads`.)"""
+        if self._upload is not None and self._writing:
+            self._writing = False
             try:
-                file.close()
-            except OSError as exc:
+                self._upload.sink.finish()
+            except StorageUnavailable as exc:
                 raise UploadNotStored(exc) from exc
-
-    def discard(self) -> None:
-        """Close the file, if one is still open, whatever its state: the request failed
-        and the file is removed with it."""
-        if self._file is not None:
-            file, self._file = self._file, None
-            with contextlib.suppress(OSError):  # the buffer it could not write
-                file.close()
 
     def _part_begin(self) -> None:
         self._headers = {}
@@ -212,17 +212,17 @@ class _FormReader:
         problem = _filename_problem(filename)
         if problem is not None:
             raise FormRejected(f"The file name {problem}.")
-        path = self.directory / f"{uuid.uuid4()}.upload"
         content_type = self._headers.get(b"content-type", b"application/octet-stream")
         try:
-            self._file = path.open("xb")
-        except OSError as exc:
+            sink = self.storage.new_upload()
+        except StorageUnavailable as exc:
             raise UploadNotStored(exc) from exc
-        self._upload = IncomingUpload(path, filename, content_type.decode(errors="replace"))
+        self._upload = IncomingUpload(sink, filename, content_type.decode(errors="replace"))
         self.uploads.append(self._upload)
+        self._writing = True
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:
-        if self._upload is not None and self._file is not None:
+        if self._upload is not None and self._writing:
             self._upload.size += end - start
             if self._upload.size > self.limits.max_file_bytes:
                 raise FormRejected(
@@ -230,10 +230,9 @@ class _FormReader:
                     code="PAYLOAD_TOO_LARGE",
                     status=413,
                 )
-            # A write of one chunk lands in the page cache in microseconds.
             try:
-                self._file.write(data[start:end])
-            except OSError as exc:
+                self._upload.sink.write(data[start:end])
+            except StorageUnavailable as exc:
                 raise UploadNotStored(exc) from exc
             self._upload.digest.update(data[start:end])
         elif self._field is not None:
@@ -245,7 +244,7 @@ class _FormReader:
 
     def _part_end(self) -> None:
         if self._upload is not None:
-            self.close()
+            self._finish_file()
             self.form.files[self._name] = self._upload
         elif self._field is not None:
             try:

@@ -234,7 +234,4 @@ def _refusal(exc: FormRejected) -> JSONResponse:
 def _remove_unclaimed(uploads: list[IncomingUpload]) -> None:
     for upload in uploads:
         if not upload.claimed:
-            try:
-                upload.path.unlink(missing_ok=True)
-            except OSError as exc:  # a file system gone read-only: the sweep removes it later
-                logger.warning("Could not remove an unclaimed upload: %s", exc)
+            upload.remove()

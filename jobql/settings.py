@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -19,6 +20,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="JOBQL_", frozen=True)
 
     redis_url: str = "redis://127.0.0.1:6379/0"
+    storage: Literal["filesystem"] = Field(
+        default="filesystem", description="Where uploads and result files are kept"
+    )
     media_root: Path = Path("media")
     secret_key: SecretStr | None = None
     kinds: str = Field(
@@ -168,7 +172,3 @@ class Settings(BaseSettings):
     @property
     def kind_modules(self) -> list[str]:
         return [name.strip() for name in self.kinds.split(",") if name.strip()]
-
-    @property
-    def incoming_dir(self) -> Path:
-        return self.media_root / "incoming"

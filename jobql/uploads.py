@@ -13,19 +13,19 @@ from PIL import Image, UnidentifiedImageError
 from jobql.image_formats import READABLE_FORMATS, decoded_bytes
 
 if TYPE_CHECKING:
-    from pathlib import Path
+    from jobql.images import Source
 
 
 class UploadRejected(ValueError):
     """The upload is not something jobql will queue; the message says why."""
 
 
-def sniff_image(path: Path, max_pixels: int, max_decoded_bytes: int) -> str:
+def sniff_image(source: Source, max_pixels: int, max_decoded_bytes: int) -> str:
     """The image format named by the file's header, if jobql accepts it. Blocking."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
-            with Image.open(path, formats=READABLE_FORMATS) as image:
+            with Image.open(source, formats=READABLE_FORMATS) as image:
                 width, height, image_format = image.width, image.height, image.format
                 decoded = decoded_bytes(image)
         except Image.DecompressionBombError as exc:

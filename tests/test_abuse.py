@@ -224,7 +224,7 @@ def body_of(answer: bytes) -> dict[str, Any]:
 
 
 def incoming(settings: Settings) -> set[str]:
-    return {path.name for path in settings.incoming_dir.iterdir()}
+    return {path.name for path in (settings.media_root / "incoming").iterdir()}
 
 
 async def test_an_upload_without_a_token_is_refused_before_its_body_is_read(

@@ -74,7 +74,7 @@ def code_of(exc: TransportQueryError) -> str:
 
 
 def incoming_files(settings: Settings) -> list[str]:
-    return sorted(path.name for path in settings.incoming_dir.iterdir())
+    return sorted(path.name for path in (settings.media_root / "incoming").iterdir())
 
 
 def multipart(parts: list[tuple[str, str | None, bytes]], boundary: str = "jobqlboundary") -> bytes:

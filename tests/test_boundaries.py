@@ -34,6 +34,7 @@ SHARED = {
     "jobql.registry",
     "jobql.settings",
     "jobql.stats",
+    "jobql.storage",
     "jobql.uploads",
 }
 WORKER = SHARED | {

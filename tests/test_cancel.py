@@ -227,7 +227,7 @@ async def test_running_avatar_stops_at_its_next_checkpoint(
     assert events[-1]["result"] is None
     avatars = stack.settings.media_root / "avatars"
     assert not avatars.exists() or not any(avatars.glob(f"{job_id}.*"))
-    assert not (stack.settings.incoming_dir / f"{job_id}.upload").exists()
+    assert not (stack.settings.media_root / "incoming" / f"{job_id}.upload").exists()
     # No worker process was killed: the same worker serves the next job.
     assert worker.popen.poll() is None
     await drain(stack, web)

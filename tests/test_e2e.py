@@ -108,7 +108,7 @@ async def test_avatar_upload_followed_to_success(
     # Upright, the photo is red above blue: the orientation tag was applied.
     assert is_red(rgb.getpixel((64, 20))) and is_red(rgb.getpixel((192, 20)))  # type: ignore[arg-type]
     assert is_blue(rgb.getpixel((64, 236))) and is_blue(rgb.getpixel((192, 236)))  # type: ignore[arg-type]
-    assert list(settings.incoming_dir.iterdir()) == []
+    assert list((settings.media_root / "incoming").iterdir()) == []
 
 
 async def test_welcome_email_delivered_over_legacy_protocol(
@@ -213,7 +213,7 @@ async def test_corrupt_image_fails_with_invalid_image(web: WebServer, settings: 
     assert events[-1]["error"]["code"] == "INVALID_IMAGE"
     assert events[-1]["error"]["retryable"] is False
     assert "RETRY" not in [e["state"] for e in events]
-    assert list(settings.incoming_dir.iterdir()) == []
+    assert list((settings.media_root / "incoming").iterdir()) == []
 
 
 async def test_another_user_cannot_see_a_job(web: WebServer) -> None:
@@ -302,7 +302,7 @@ async def test_text_file_as_avatar_is_bad_user_input(web: WebServer, settings: S
     with pytest.raises(TransportQueryError) as raised:
         await upload(web, "dave", b"just some text, not a photo\n" * 10, "photo.jpg")
     assert error_code(raised.value) == "BAD_USER_INPUT"
-    assert list(settings.incoming_dir.iterdir()) == []
+    assert list((settings.media_root / "incoming").iterdir()) == []
 
 
 @pytest.mark.parametrize("options", [{"size": 16}, {"size": 2048}, {"quality": 0}])

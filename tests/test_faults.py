@@ -132,7 +132,7 @@ async def test_pool_process_killed_mid_avatar_still_succeeds_once(
     assert deliveries(stack, job_id) == 2  # killed once, delivered again
     avatars = sorted(p.name for p in (stack.settings.media_root / "avatars").iterdir())
     assert avatars == [f"{job_id}.jpg"]  # exactly one file, no half-written leftover
-    assert list(stack.settings.incoming_dir.iterdir()) == []
+    assert list((stack.settings.media_root / "incoming").iterdir()) == []
 
 
 async def test_whole_worker_killed_its_jobs_finish_on_a_new_worker(
@@ -184,7 +184,7 @@ async def test_job_that_keeps_killing_its_worker_ends_as_worker_lost(
     assert events[-1]["error"]["code"] == "WORKER_LOST"
     assert events[-1]["error"]["retryable"] is False
     assert deliveries(stack, job_id) == 3  # two kills, then refused without running
-    assert list(stack.settings.incoming_dir.iterdir()) == []
+    assert list((stack.settings.media_root / "incoming").iterdir()) == []
 
 
 async def test_redis_stopped_then_started_loses_no_accepted_job(
@@ -345,10 +345,10 @@ async def test_worker_sweeps_orphaned_uploads(make_stack: Callable[..., Stack]) 
     stack = make_stack(
         **{**FAULT_SETTINGS, "task_time_limit": 1}, sweep_interval=0.5, sweep_min_age=1
     )
-    stack.settings.incoming_dir.mkdir(parents=True)
-    orphan = stack.settings.incoming_dir / f"{uuid.uuid4()}.upload"
+    (stack.settings.media_root / "incoming").mkdir(parents=True)
+    orphan = stack.settings.media_root / "incoming" / f"{uuid.uuid4()}.upload"
     orphan.write_bytes(b"left by a web process that died")
-    waiting = stack.settings.incoming_dir / f"{uuid.uuid4()}.upload"
+    waiting = stack.settings.media_root / "incoming" / f"{uuid.uuid4()}.upload"
     waiting.write_bytes(b"its job is still queued")
     with Redis.from_url(stack.settings.redis_url) as client:
         client.hset(record_key(waiting.stem), mapping={"owner": USER, "kind": "avatar"})

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import redis
 
-from jobql.files import FileArea, ResultFiles
+from jobql.files import FileArea
 from jobql.images import ImageFormat
 from jobql.jobs import JobFailed, new_job_id, record_key
 from jobql.kinds import JobCancelled, TaskContext
@@ -34,7 +34,8 @@ from jobql.registry import (
     load_kind,
     load_kinds,
 )
-from jobql.tasks.sweep import jobs_exist, sweep_job_dirs
+from jobql.storage import FilesystemStorage, JobFiles
+from jobql.tasks.sweep import jobs_exist, sweep
 from jobql.tasks.worker import create_worker_app
 from tests.images import phone_photo
 from tests.support import settings_env
@@ -146,7 +147,8 @@ def context(
         "settings": settings,
         "mailer": None,
         "redis": None,
-        "files": ResultFiles(settings.media_root).for_job(area, job_id) if area else None,
+        "storage": FilesystemStorage(settings.media_root),
+        "files": JobFiles(FilesystemStorage(settings.media_root), area, job_id) if area else None,
         "checkpoint": None,
         "report_progress": lambda percent: None,
         "save_checkpoint": lambda value, percent: None,
@@ -159,9 +161,9 @@ def test_avatar_body_stops_at_the_checkpoint_after_a_cancellation(
     make_settings: Callable[..., Settings], tmp_path: Path
 ) -> None:
     settings = make_settings(media_root=tmp_path)
-    settings.incoming_dir.mkdir(parents=True)
+    (settings.media_root / "incoming").mkdir(parents=True)
     job_id = new_job_id()
-    (settings.incoming_dir / f"{job_id}.upload").write_bytes(phone_photo())
+    (settings.media_root / "incoming" / f"{job_id}.upload").write_bytes(phone_photo())
     checks: list[int] = []
 
     def cancelled_after_decoding() -> None:
@@ -175,16 +177,16 @@ def test_avatar_body_stops_at_the_checkpoint_after_a_cancellation(
 
     assert checks == [1]
     assert not (tmp_path / "avatars" / f"{job_id}.png").exists()
-    assert not (settings.incoming_dir / f"{job_id}.upload").exists()
+    assert not (settings.media_root / "incoming" / f"{job_id}.upload").exists()
 
 
 def test_avatar_body_runs_as_a_plain_function(
     make_settings: Callable[..., Settings], tmp_path: Path
 ) -> None:
     settings = make_settings(media_root=tmp_path)
-    settings.incoming_dir.mkdir(parents=True)
+    (settings.media_root / "incoming").mkdir(parents=True)
     job_id = new_job_id()
-    (settings.incoming_dir / f"{job_id}.upload").write_bytes(phone_photo())
+    (settings.media_root / "incoming" / f"{job_id}.upload").write_bytes(phone_photo())
     progress: list[int] = []
     ctx = context(settings, job_id, avatar.files, report_progress=progress.append)
 
@@ -193,7 +195,7 @@ def test_avatar_body_runs_as_a_plain_function(
     assert result.url == f"/media/avatars/{job_id}.png"
     assert (tmp_path / "avatars" / f"{job_id}.png").stat().st_size == result.size_bytes
     assert progress == [50, 70, 90]
-    assert not (settings.incoming_dir / f"{job_id}.upload").exists()
+    assert not (settings.media_root / "incoming" / f"{job_id}.upload").exists()
 
 
 def test_avatar_body_says_what_a_lost_upload_means(
@@ -258,20 +260,23 @@ def test_a_redis_out_of_reach_leaves_the_check_to_the_next_start(
 
 
 def test_private_files_of_expired_jobs_are_swept(tmp_path: Path, client: redis.Redis) -> None:
-    files = ResultFiles(tmp_path)
+    storage = FilesystemStorage(tmp_path)
     area = FileArea("exports", private=True)
+    folder = tmp_path / "private" / "exports"
     expired, kept, young = new_job_id(), new_job_id(), new_job_id()
     client.hset(record_key(kept), "owner", "alice")
     for job_id in (expired, kept, young):
-        files.for_job(area, job_id).path("jobs.csv").write_text("id\n")
+        JobFiles(storage, area, job_id).publish("jobs.csv", lambda file: file.writelines([b"id\n"]))
     old = time.time() - 3600
     for job_id in (expired, kept):
-        os.utime(files.private_dir(area) / job_id, (old, old))
+        os.utime(folder / job_id, (old, old))
 
-    removed = sweep_job_dirs(files.job_dirs([area]), 600, lambda ids: jobs_exist(client, ids))
+    removed = sweep(storage, [area], 600, set, lambda ids: jobs_exist(client, ids))
 
-    assert removed == [files.private_dir(area) / expired]
-    assert sorted(p.name for p in files.private_dir(area).iterdir()) == sorted([kept, young])
+    assert [(leftover.location, leftover.job_id) for leftover in removed] == [
+        (str(folder / expired), expired)
+    ]
+    assert sorted(p.name for p in folder.iterdir()) == sorted([kept, young])
 
 
 @pytest.mark.parametrize("command", [["schema"], ["worker"], ["web", "--port", "1"]])

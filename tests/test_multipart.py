@@ -11,6 +11,7 @@ import pytest
 
 from jobql.jobs import is_job_id
 from jobql.multipart import MAX_HEADER_BYTES, FormLimits, FormRejected, IncomingUpload, read_form
+from jobql.storage import FilesystemStorage, FileUpload
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -132,6 +133,12 @@ def incoming(tmp_path: Path) -> Path:
     return directory
 
 
+def stored(upload: IncomingUpload) -> Path:
+    """Where the filesystem store keeps the upload."""
+    assert isinstance(upload.sink, FileUpload)
+    return upload.sink.path
+
+
 async def read(
     directory: Path,
     data: bytes,
@@ -140,7 +147,9 @@ async def read(
     content_type: str = CONTENT_TYPE,
 ) -> tuple[Form, list[IncomingUpload]]:
     uploads: list[IncomingUpload] = []
-    form = await read_form(Chunks(data, chunk_size), content_type, directory, limits, uploads)
+    form = await read_form(
+        Chunks(data, chunk_size), content_type, FilesystemStorage(directory.parent), limits, uploads
+    )
     return form, uploads
 
 
@@ -155,7 +164,7 @@ async def rejected(
     uploads: list[IncomingUpload] = []
     source = chunks if chunks is not None else Chunks(data, chunk_size)
     with pytest.raises(FormRejected) as raised:
-        await read_form(source, content_type, directory, limits, uploads)
+        await read_form(source, content_type, FilesystemStorage(directory.parent), limits, uploads)
     return raised.value, uploads
 
 
@@ -182,11 +191,11 @@ async def test_fields_and_file_are_read_across_any_chunking(
     assert upload.content_type == "image/png"
     assert upload.size == len(data)
     assert upload.claimed is False
-    assert upload.path.parent == incoming
-    assert upload.path.name == f"{upload.id}.upload"
+    assert stored(upload).parent == incoming
+    assert stored(upload).name == f"{upload.id}.upload"
     assert is_job_id(upload.id)
-    assert upload.path.read_bytes() == data
-    assert list(incoming.iterdir()) == [upload.path]
+    assert stored(upload).read_bytes() == data
+    assert list(incoming.iterdir()) == [stored(upload)]
 
 
 async def test_each_upload_gets_its_own_uuid_path(incoming: Path) -> None:
@@ -195,7 +204,7 @@ async def test_each_upload_gets_its_own_uuid_path(incoming: Path) -> None:
 
     one, two = first.files["0"], second.files["0"]
     assert one.id != two.id and is_job_id(one.id) and is_job_id(two.id)
-    assert (one.path.read_bytes(), two.path.read_bytes()) == (b"one", b"two")
+    assert (stored(one).read_bytes(), stored(two).read_bytes()) == (b"one", b"two")
 
 
 async def test_empty_file_is_written_as_an_empty_file(incoming: Path) -> None:
@@ -203,7 +212,7 @@ async def test_empty_file_is_written_as_an_empty_file(incoming: Path) -> None:
 
     assert uploads == [form.files["0"]]
     assert form.files["0"].size == 0
-    assert form.files["0"].path.read_bytes() == b""
+    assert stored(form.files["0"]).read_bytes() == b""
 
 
 async def test_file_without_content_type_is_octet_stream(incoming: Path) -> None:
@@ -227,7 +236,7 @@ async def test_file_of_exactly_max_file_bytes_is_accepted(incoming: Path) -> Non
     form, _ = await read(incoming, graphql_body(data), 7, FormLimits(max_file_bytes=1000))
 
     assert form.files["0"].size == 1000
-    assert form.files["0"].path.read_bytes() == data
+    assert stored(form.files["0"]).read_bytes() == data
 
 
 async def test_field_of_exactly_max_field_bytes_is_accepted(incoming: Path) -> None:
@@ -244,7 +253,7 @@ async def test_part_headers_under_the_limit_are_accepted(incoming: Path) -> None
 
     form, _ = await read(incoming, data, chunk_size=1)
 
-    assert form.files["0"].path.read_bytes() == b"abc"
+    assert stored(form.files["0"]).read_bytes() == b"abc"
 
 
 # --- a file that is too large ---------------------------------------------------------------
@@ -264,9 +273,9 @@ async def test_large_file_is_cut_off_while_streaming(incoming: Path) -> None:
     assert chunks.pulled <= 2  # the first chunk already holds more than 1000 file bytes
     # The partial file is left for the owner of `uploads` to delete.
     assert len(uploads) == 1
-    assert uploads[0].path.exists()
-    assert list(incoming.iterdir()) == [uploads[0].path]
-    assert uploads[0].path.stat().st_size <= max_file_bytes + chunk_size
+    assert stored(uploads[0]).exists()
+    assert list(incoming.iterdir()) == [stored(uploads[0])]
+    assert stored(uploads[0]).stat().st_size <= max_file_bytes + chunk_size
 
 
 async def test_file_one_byte_over_is_cut_off_in_one_byte_chunks(incoming: Path) -> None:
@@ -280,7 +289,7 @@ async def test_file_one_byte_over_is_cut_off_in_one_byte_chunks(incoming: Path) 
     assert (error.code, error.status) == ("PAYLOAD_TOO_LARGE", 413)
     assert chunks.pulled < chunks.total // 2
     assert len(uploads) == 1
-    assert uploads[0].path.stat().st_size <= max_file_bytes + 1
+    assert stored(uploads[0]).stat().st_size <= max_file_bytes + 1
 
 
 async def test_file_one_byte_over_max_file_bytes_is_too_large(incoming: Path) -> None:
@@ -308,7 +317,7 @@ async def test_two_files_are_rejected(incoming: Path) -> None:
     assert_bad_input(error)
     assert "Too many files" in str(error)
     assert len(uploads) == 1  # only the first file was ever created
-    assert uploads[0].path.read_bytes() == b"first"
+    assert stored(uploads[0]).read_bytes() == b"first"
 
 
 async def test_two_files_under_one_name_are_rejected(incoming: Path) -> None:

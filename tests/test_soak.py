@@ -150,7 +150,7 @@ async def test_soak_nothing_lost_under_worker_kills(make_stack: Callable[..., St
     by_state = Counter(current.values())
     message_ids = Counter(m["Message-ID"] for m in stack.smtp.handler.messages)
     duplicates = sum(count - 1 for count in message_ids.values() if count > 1)
-    incoming_left = len(list(stack.settings.incoming_dir.iterdir()))
+    incoming_left = len(list((stack.settings.media_root / "incoming").iterdir()))
     temp_left = len(list((stack.settings.media_root / "avatars").glob(".*.tmp")))
     figures = {
         "jobs submitted": JOBS,

@@ -25,6 +25,7 @@ import pytest
 from PIL import Image
 
 from jobql.health import MediaProbe
+from jobql.storage import FilesystemStorage
 from tests.conftest import token
 from tests.graphql_clients import follow, ws_client
 from tests.images import phone_photo
@@ -109,11 +110,11 @@ class Fault:
 
 
 def _remove_incoming(settings: Settings, mount_point: Path) -> None:
-    settings.incoming_dir.rmdir()
+    (settings.media_root / "incoming").rmdir()
 
 
 def _restore_incoming(settings: Settings, mount_point: Path) -> None:
-    settings.incoming_dir.mkdir()
+    (settings.media_root / "incoming").mkdir()
 
 
 def _remove_media_root(settings: Settings, mount_point: Path) -> None:
@@ -121,7 +122,7 @@ def _remove_media_root(settings: Settings, mount_point: Path) -> None:
 
 
 def _restore_media_root(settings: Settings, mount_point: Path) -> None:
-    settings.incoming_dir.mkdir(parents=True)
+    (settings.media_root / "incoming").mkdir(parents=True)
     (settings.media_root / "avatars").mkdir()
 
 
@@ -254,7 +255,7 @@ async def test_readiness_probes_the_store_at_most_once_a_second(tmp_path: Path) 
     and its answer stands for a second: a fault shows within that second."""
     incoming = tmp_path / "incoming"
     incoming.mkdir()
-    probe = MediaProbe(incoming, max_age=1.0)
+    probe = MediaProbe(FilesystemStorage(tmp_path), max_age=1.0)
     assert all(await asyncio.gather(*(probe.writable() for _ in range(100))))
     incoming.rmdir()
 

@@ -6,20 +6,24 @@ import json
 import os
 import time
 from datetime import timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 import redis
 
+from jobql.files import FileArea
 from jobql.jobs import JobState, meta_key, new_job_id, new_record, record_key, utcnow
-from jobql.tasks.sweep import BATCH, jobs_over, sweep
+from jobql.storage import BATCH, FilesystemStorage
+from jobql.tasks import sweep as sweeping
+from jobql.tasks.sweep import jobs_over
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
-    from pathlib import Path
+    from collections.abc import Callable, Iterator
 
     from jobql.redis_server import RedisServer
 
+AVATARS = FileArea("avatars")
 NOW = 1_750_000_000.0
 MIN_AGE = 600.0
 OLD = NOW - MIN_AGE - 60
@@ -41,6 +45,21 @@ def dirs(tmp_path: Path) -> tuple[Path, Path]:
 
 
 # --- sweep ----------------------------------------------------------------------------------
+
+
+def sweep(
+    incoming: Path,
+    result_dirs: list[Path],
+    min_age: float,
+    are_over: Callable[[list[str]], set[str]],
+    now: float | None = None,
+) -> list[Path]:
+    """The sweep of a filesystem store whose media root holds `incoming` and one public
+    area (`avatars`); what it removed, as paths."""
+    assert result_dirs == [incoming.parent / AVATARS.folder]
+    storage = FilesystemStorage(incoming.parent)
+    removed = sweeping.sweep(storage, [AVATARS], min_age, are_over, every, now=now)
+    return [Path(leftover.location) for leftover in removed]
 
 
 def every(job_ids: list[str]) -> set[str]:

@@ -22,12 +22,12 @@ import time
 import typing
 from dataclasses import dataclass
 from enum import Enum
-from typing import TYPE_CHECKING, Any, Generic, TypeAlias, TypeVar, cast
+from typing import TYPE_CHECKING, Any, BinaryIO, Generic, TypeAlias, TypeVar, cast
 
 from strawberry.types import Info
 
 from jobql.errors import BadUserInput, Forbidden
-from jobql.files import FileArea, JobFiles
+from jobql.files import FileArea
 from jobql.jobs import (
     RECORD_FIELDS,
     Dedupe,
@@ -40,18 +40,19 @@ from jobql.jobs import (
     snapshot,
     task_name,
 )
+from jobql.storage import JobFiles, StorageUnavailable
 
 if TYPE_CHECKING:
     import argparse
     from collections.abc import Awaitable, Callable, Iterator
     from datetime import timedelta
-    from pathlib import Path
 
     from redis import Redis
 
     from jobql.client import JobData, JobqlClient
     from jobql.resolvers.context import Context
     from jobql.settings import Settings
+    from jobql.storage import Storage
     from jobql.tasks.mail import Mailer
 
 __all__ = [
@@ -69,6 +70,7 @@ __all__ = [
     "MutationInfo",
     "RetryLater",
     "RetryPolicy",
+    "StorageUnavailable",
     "TaskContext",
     "caller",
     "check_rate",
@@ -78,6 +80,7 @@ __all__ = [
     "existing_job",
     "fingerprint_of",
     "incoming_upload",
+    "open_upload",
     "owner_jobs",
     "upload_digest",
 ]
@@ -135,6 +138,7 @@ class TaskContext:
     settings: Settings
     mailer: Mailer
     redis: Redis
+    storage: Storage  # where the job's upload is (`open_upload`, `remove_upload`)
     files: JobFiles | None  # the kind's files for this job, when it declares an area
     checkpoint: str | None
     report_progress: Callable[[int], None]
@@ -267,10 +271,17 @@ async def check_rate(info: MutationInfo) -> None:
     await _context(info).check_rate()
 
 
-def incoming_upload(info: MutationInfo, file: object, field: str = "file") -> tuple[str, Path]:
-    """The id and the path on disk of a file sent as a multipart upload (`BAD_USER_INPUT`
-    if it was not, or was used for a job already). Queue with `job_id` the id."""
+def incoming_upload(info: MutationInfo, file: object, field: str = "file") -> tuple[str, str]:
+    """The id and the name in the store of a file sent as a multipart upload
+    (`BAD_USER_INPUT` if it was not, or was used for a job already). Queue with `job_id`
+    the id, and give the task the name: it opens the upload with `ctx.storage`."""
     return _context(info).incoming_upload(file, field)
+
+
+def open_upload(info: MutationInfo, name: str) -> BinaryIO:
+    """The upload `name`, for reading (to check what it is before queueing). Blocking:
+    call it, and read, in a thread."""
+    return _context(info).services.storage.open_upload(name)
 
 
 def upload_digest(info: MutationInfo, file: object) -> str:

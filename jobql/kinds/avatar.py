@@ -11,30 +11,26 @@ from typing import TYPE_CHECKING, Annotated, Any
 import strawberry
 from strawberry.file_uploads import Upload
 
-from jobql.images import (
-    AvatarNotWritten,
-    ImageFormat,
-    InvalidImage,
-    existing_avatar,
-    make_avatar,
-    remove_leftovers,
-)
+from jobql.images import Avatar, ImageFormat, InvalidImage, existing_avatar, make_avatar
 from jobql.kinds import (
     BadUserInput,
     Command,
     FileArea,
     JobFailed,
+    JobFiles,
     JobSnapshot,
     Kind,
     MutationInfo,
     RetryLater,
     RetryPolicy,
+    StorageUnavailable,
     TaskContext,
     caller,
     check_rate,
     enqueue,
     fingerprint_of,
     incoming_upload,
+    open_upload,
     upload_digest,
 )
 from jobql.uploads import UploadRejected, sniff_image
@@ -42,7 +38,6 @@ from jobql.uploads import UploadRejected, sniff_image
 if TYPE_CHECKING:
     import argparse
     from collections.abc import Callable
-    from pathlib import Path
 
     from jobql.client import JobData, JobqlClient
 
@@ -59,7 +54,7 @@ strawberry.enum(ImageFormat, description="The format of an avatar file.")
 
 @dataclass(frozen=True, slots=True)
 class AvatarPayload:
-    incoming_name: str  # the upload's file name in the incoming folder
+    incoming_name: str  # the upload's name in the store
     size: int
     quality: int
     image_format: ImageFormat
@@ -109,16 +104,13 @@ async def upload_avatar(
     size = DEFAULT_SIZE if options.size is None else options.size
     quality = DEFAULT_QUALITY if options.quality is None else options.quality
     checked_avatar_options(size, quality)
-    upload_id, path = incoming_upload(info, file)
+    upload_id, name = incoming_upload(info, file)
     await check_rate(info)  # before the upload is read
     try:
-        settings = info.context.settings
-        await asyncio.to_thread(
-            sniff_image, path, settings.max_image_pixels, settings.max_decoded_image_bytes
-        )
+        await asyncio.to_thread(_sniff, info, name)
     except UploadRejected as exc:
         raise BadUserInput(str(exc), field="file") from exc
-    payload = AvatarPayload(path.name, size, quality, options.format or ImageFormat.JPEG)
+    payload = AvatarPayload(name, size, quality, options.format or ImageFormat.JPEG)
     job = await enqueue(
         info,
         kind,
@@ -133,49 +125,50 @@ async def upload_avatar(
     return job
 
 
+def _sniff(info: MutationInfo, name: str) -> None:
+    """Whether the upload is an image the worker will take (its header only). Blocking."""
+    settings = info.context.settings
+    with open_upload(info, name) as upload:
+        sniff_image(upload, settings.max_image_pixels, settings.max_decoded_image_bytes)
+
+
 def make(ctx: TaskContext, payload: AvatarPayload) -> AvatarResult:
     """Make the avatar; a redelivery whose upload is gone finds what an earlier one made.
 
     An avatar the media store cannot take (full, read-only, gone) is tried again later
     (`JOBQL_STORAGE_MAX_RETRIES`, `JOBQL_STORAGE_RETRY_BACKOFF`), its upload kept for it.
     """
-    assert ctx.files is not None, "the kind declares a file area"
-    incoming = ctx.settings.incoming_dir / payload.incoming_name
+    files = ctx.files
+    assert files is not None, "the kind declares a file area"
     name = f"{ctx.job_id}.{payload.image_format.extension}"
     keep_upload = False
     try:
         try:
-            destination = ctx.files.path(name)
-        except OSError as exc:
-            raise AvatarNotWritten(str(exc)) from exc
-        made = existing_avatar(destination, payload.image_format) if not incoming.exists() else None
-        if made is None:
-            made = make_avatar(
-                incoming,
-                destination,
-                size=payload.size,
-                quality=payload.quality,
-                image_format=payload.image_format,
-                max_pixels=ctx.settings.max_image_pixels,
-                max_decoded_bytes=ctx.settings.max_decoded_image_bytes,
-                progress=lambda percent: _step(ctx, percent),
-            )
-        if ctx.attempt > 1:
-            remove_leftovers(destination)
-    except FileNotFoundError:
-        raise JobFailed(
-            "UPLOAD_LOST", "The uploaded file is gone; upload it again.", retryable=True
-        ) from None
+            upload = ctx.storage.open_upload(payload.incoming_name)
+        except FileNotFoundError:
+            made = _made_earlier(files, name, payload.image_format)
+        else:
+            with upload:
+                made = make_avatar(
+                    upload,
+                    lambda write: files.publish(name, write, after_a_lost_delivery=ctx.attempt > 1),
+                    size=payload.size,
+                    quality=payload.quality,
+                    image_format=payload.image_format,
+                    max_pixels=ctx.settings.max_image_pixels,
+                    max_decoded_bytes=ctx.settings.max_decoded_image_bytes,
+                    progress=lambda percent: _step(ctx, percent),
+                )
     except InvalidImage as exc:
         raise JobFailed("INVALID_IMAGE", str(exc), retryable=False) from None
-    except AvatarNotWritten as exc:
+    except StorageUnavailable as exc:
         keep_upload = True
-        raise RetryLater("STORAGE_UNAVAILABLE", f"The avatar could not be written ({exc})") from exc
+        raise RetryLater("STORAGE_UNAVAILABLE", f"The avatar could not be stored ({exc})") from exc
     finally:
         if not keep_upload:
-            _remove(incoming)
+            ctx.storage.remove_upload(payload.incoming_name)
     return AvatarResult(
-        url=ctx.files.url(name),
+        url=files.url(name),
         width=made.width,
         height=made.height,
         size_bytes=made.size_bytes,
@@ -186,11 +179,18 @@ def make(ctx: TaskContext, payload: AvatarPayload) -> AvatarResult:
 AVATAR_WRITTEN = 90
 
 
-def _remove(incoming: "Path") -> None:
+def _made_earlier(files: JobFiles, name: str, image_format: ImageFormat) -> Avatar:
+    """What an earlier delivery of the job made before it died, its upload removed."""
     try:
-        incoming.unlink(missing_ok=True)
-    except OSError as exc:  # a file system gone read-only: the sweep removes it later
-        logger.warning("Could not remove the upload: %s", exc)
+        with files.open(name) as earlier:
+            made = existing_avatar(earlier, image_format)
+    except FileNotFoundError:
+        made = None
+    if made is None:
+        raise JobFailed(
+            "UPLOAD_LOST", "The uploaded file is gone; upload it again.", retryable=True
+        )
+    return made
 
 
 def _step(ctx: TaskContext, percent: int) -> None:

@@ -20,7 +20,6 @@ from jobql.watcher import WatchLost
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
-    from pathlib import Path
 
     from jobql.jobs import Dedupe, JobSnapshot
     from jobql.listing import JobListing
@@ -30,6 +29,7 @@ if TYPE_CHECKING:
     from jobql.reclaim import Reclaimer
     from jobql.registry import Kinds
     from jobql.settings import Settings
+    from jobql.storage import Storage
     from jobql.store import JobStore
     from jobql.watcher import JobWatcher
 
@@ -49,6 +49,7 @@ class Services:
     connections: UserQuota  # JOBQL_MAX_CONNECTIONS_PER_USER
     reclaimer: Reclaimer
     metrics: WebMetrics
+    storage: Storage
 
 
 class Context(BaseContext):
@@ -120,13 +121,13 @@ class Context(BaseContext):
             await self.rate_limit.check(user_id)
         self._rate_checked = True
 
-    def incoming_upload(self, file: object, field: str) -> tuple[str, Path]:
+    def incoming_upload(self, file: object, field: str) -> tuple[str, str]:
         if not isinstance(file, IncomingUpload):
             raise BadUserInput(f"'{field}' must be a file sent as a multipart upload.", field=field)
         if file.claimed:
             raise BadUserInput("Each uploaded file can be used for one job only.", field=field)
         self._uploads.append(file)
-        return file.id, file.path
+        return file.id, file.name
 
     def upload_digest(self, file: object) -> str:
         assert isinstance(file, IncomingUpload), "checked by incoming_upload"

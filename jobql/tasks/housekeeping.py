@@ -9,10 +9,9 @@ from typing import TYPE_CHECKING, Any
 from celery import bootsteps
 from celery.worker import state
 
-from jobql.files import ResultFiles
 from jobql.stats import HEARTBEAT_SECONDS, RUNNING_KEY, WORKERS_KEY
 from jobql.tasks.recovery import recover_lost_jobs, take_lease
-from jobql.tasks.sweep import jobs_exist, jobs_over, sweep, sweep_job_dirs
+from jobql.tasks.sweep import jobs_exist, jobs_over, sweep
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -21,6 +20,7 @@ if TYPE_CHECKING:
 
     from jobql.registry import Kinds
     from jobql.settings import Settings
+    from jobql.storage import Storage
 
 logger = logging.getLogger(__name__)
 
@@ -31,10 +31,8 @@ RECOVER_BATCHES = 40  # at most this many short script calls a period
 
 
 def housekeeping_step(
-    settings: Settings, kinds: Kinds, client: Callable[[], Redis]
+    settings: Settings, kinds: Kinds, storage: Storage, client: Callable[[], Redis]
 ) -> type[bootsteps.StartStopStep]:
-    files = ResultFiles(settings.media_root)
-
     class Housekeeping(bootsteps.StartStopStep):
         requires = ("celery.worker.components:Timer",)
 
@@ -78,14 +76,10 @@ def housekeeping_step(
         def sweep(self) -> None:
             try:
                 removed = sweep(
-                    settings.incoming_dir,
-                    list(files.file_dirs(kinds.file_areas)),
+                    storage,
+                    kinds.file_areas,
                     settings.sweep_min_age,
                     lambda job_ids: jobs_over(client(), job_ids),
-                )
-                removed += sweep_job_dirs(
-                    files.job_dirs(kinds.file_areas),
-                    settings.sweep_min_age,
                     lambda job_ids: jobs_exist(client(), job_ids),
                 )
             except Exception:  # tried again at the next tick

@@ -1,67 +1,73 @@
 """Removes files left behind by jobs that can no longer use them.
 
-Folders are read as they are walked and jobs are looked up `BATCH` at a time: however
-many files a backlog leaves, memory and each Redis call stay the size of a batch.
+The store lists them as it walks (`Storage.leftovers`) and jobs are looked up a batch at
+a time: however many files a backlog leaves, memory and each Redis call stay the size
+of a batch.
 """
 
 from __future__ import annotations
 
-import itertools
-import os
-import shutil
 import time
-from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, assert_never
 
 from jobql.jobs import TERMINAL_STATES, JobState, load_meta, meta_key, record_key
+from jobql.storage import LeftoverKind
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Iterator
+    from collections.abc import Callable, Iterable
 
     from redis import Redis
 
-BATCH = 500  # files whose jobs are looked up in one round trip
+    from jobql.files import FileArea
+    from jobql.storage import Leftover, Storage
 
 
 def sweep(
-    incoming_dir: Path,
-    result_dirs: Iterable[Path],
+    storage: Storage,
+    areas: Iterable[FileArea],
     min_age: float,
     jobs_over: Callable[[list[str]], set[str]],
+    jobs_exist: Callable[[list[str]], set[str]],
     now: float | None = None,
-) -> list[Path]:
-    """Remove uploads whose job is over or unknown, and half-written result files.
+) -> list[Leftover]:
+    """Remove uploads whose job is over or unknown, half-written result files, and the
+    private files of jobs that have expired (they can no longer be fetched by anyone).
 
-    Only files older than `min_age` seconds are touched, so that an upload whose
-    job is being queued right now is never taken for an orphan.
+    Only what is older than `min_age` seconds is touched, so that an upload whose job is
+    being queued right now is never taken for an orphan.
     """
     cutoff = (time.time() if now is None else now) - min_age
     removed = []
-    for batch in _batches(_older(_named(incoming_dir, suffix=".upload"), cutoff)):
-        over = jobs_over([path.stem for path in batch])
-        removed += _remove(path for path in batch if path.stem in over)
-    for folder in result_dirs:
-        removed += _remove(_older(_named(folder, prefix=".", suffix=".tmp"), cutoff))
+    for batch in storage.leftovers(areas, older_than=cutoff):
+        for leftover in _removable(batch, jobs_over, jobs_exist):
+            storage.remove(leftover)
+            removed.append(leftover)
     return removed
 
 
-def sweep_job_dirs(
-    job_dirs: Iterable[Path],
-    min_age: float,
+def _removable(
+    batch: list[Leftover],
+    jobs_over: Callable[[list[str]], set[str]],
     jobs_exist: Callable[[list[str]], set[str]],
-    now: float | None = None,
-) -> list[Path]:
-    """Remove the private files of jobs that have expired (their folder is named by the job
-    id): they can no longer be fetched by anyone."""
-    cutoff = (time.time() if now is None else now) - min_age
-    removed = []
-    for batch in _batches(_older(job_dirs, cutoff)):
-        alive = jobs_exist([folder.name for folder in batch])
-        for folder in batch:
-            if folder.name not in alive:
-                shutil.rmtree(folder, ignore_errors=True)
-                removed.append(folder)
-    return removed
+) -> list[Leftover]:
+    uploads = [leftover.job_id for leftover in batch if leftover.kind is LeftoverKind.UPLOAD]
+    kept = [leftover.job_id for leftover in batch if leftover.kind is LeftoverKind.JOB_FILES]
+    over = jobs_over(uploads) if uploads else set()
+    alive = jobs_exist(kept) if kept else set()
+    removable = []
+    for leftover in batch:
+        match leftover.kind:
+            case LeftoverKind.UPLOAD:
+                gone = leftover.job_id in over
+            case LeftoverKind.PARTIAL:
+                gone = True
+            case LeftoverKind.JOB_FILES:
+                gone = leftover.job_id not in alive
+            case _:
+                assert_never(leftover.kind)
+        if gone:
+            removable.append(leftover)
+    return removable
 
 
 def jobs_over(client: Redis, job_ids: list[str]) -> set[str]:
@@ -93,37 +99,3 @@ def _terminal(raw_meta: bytes | None) -> bool:
         return meta is not None and JobState(meta["status"]) in TERMINAL_STATES
     except (ValueError, KeyError):
         return False  # a state jobql cannot read: keep the file rather than guess
-
-
-def _batches(paths: Iterator[Path]) -> Iterator[list[Path]]:
-    while batch := list(itertools.islice(paths, BATCH)):
-        yield batch
-
-
-def _named(directory: Path, suffix: str, prefix: str = "") -> Iterator[Path]:
-    """The files in `directory` named so, read as the walk goes (not listed first)."""
-    try:
-        entries = os.scandir(directory)
-    except FileNotFoundError:
-        return  # nothing was ever written there
-    with entries:
-        for entry in entries:
-            if entry.name.startswith(prefix) and entry.name.endswith(suffix):
-                yield Path(entry.path)
-
-
-def _older(paths: Iterable[Path], cutoff: float) -> Iterator[Path]:
-    for path in paths:
-        try:
-            if path.stat().st_mtime < cutoff:
-                yield path
-        except FileNotFoundError:
-            continue
-
-
-def _remove(paths: Iterable[Path]) -> list[Path]:
-    removed = []
-    for path in paths:
-        path.unlink(missing_ok=True)
-        removed.append(path)
-    return removed

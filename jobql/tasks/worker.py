@@ -3,8 +3,8 @@
 A kind's body is a plain function of a `TaskContext` and its payload. Here it becomes a
 Celery task: `run_job` (at module level) registered once per kind, under the kind's
 task name and with the payload's fields as its keyword-only parameters, so that Celery
-knows the signature. What the bodies depend on (settings, the mailer, the result
-files) is built once at worker start and handed to each call, as arq hands `ctx`.
+knows the signature. What the bodies depend on (settings, the mailer, the
+storage) is built once at worker start and handed to each call, as arq hands `ctx`.
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING, Any, cast
 from celery import Celery, Task, bootsteps, signals
 from celery.exceptions import Ignore
 
-from jobql.files import ResultFiles
 from jobql.jobs import DEFAULT_QUEUE, JobFailed, JobState, utcnow
 from jobql.kinds import JobCancelled, Kind, RetryLater, TaskContext
 from jobql.logs import configure_logging, current_job_id
 from jobql.registry import check_agreement
+from jobql.storage import JobFiles, create_storage, upload_name
 from jobql.tasks.backend import backend_url
 from jobql.tasks.housekeeping import housekeeping_step
 from jobql.tasks.mail import Mailer, create_mail_app
@@ -33,9 +33,8 @@ from jobql.tasks.mail import Mailer, create_mail_app
 if TYPE_CHECKING:
     from jobql.registry import Kinds
     from jobql.settings import Settings
+    from jobql.storage import Storage
     from jobql.tasks.backend import JobResultBackend
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +43,7 @@ class Dependencies:
 
     settings: Settings
     mailer: Mailer
-    files: ResultFiles
+    storage: Storage
 
 
 class JobTask(Task):  # type: ignore[type-arg]
@@ -109,10 +108,7 @@ class JobTask(Task):  # type: ignore[type-arg]
     def drop_upload(self) -> None:
         """Remove what the job was given when its body will not run to remove it: an
         upload is named after the job it was queued for."""
-        try:
-            (self.deps.settings.incoming_dir / f"{self.request.id}.upload").unlink(missing_ok=True)
-        except OSError as exc:  # a file system gone read-only: the sweep removes it later
-            logger.warning("Could not remove the job's upload: %s", exc)
+        self.deps.storage.remove_upload(upload_name(str(self.request.id)))
 
     def refuse_poison(self) -> None:
         """End a job that keeps killing its worker, instead of handing it on forever."""
@@ -134,7 +130,8 @@ class JobTask(Task):  # type: ignore[type-arg]
             settings=self.deps.settings,
             mailer=self.deps.mailer,
             redis=self.backend.client,  # type: ignore[attr-defined]
-            files=self.deps.files.for_job(area, job_id) if area else None,
+            storage=self.deps.storage,
+            files=JobFiles(self.deps.storage, area, job_id) if area else None,
             checkpoint=getattr(self.request, "checkpoint", None),
             report_progress=self.report_progress,
             save_checkpoint=self.save_checkpoint,
@@ -229,11 +226,11 @@ def create_worker_app(settings: Settings, kinds: Kinds) -> Celery:
         worker_hijack_root_logger=False,
     )
     client = lambda: app.backend.client  # type: ignore[attr-defined]  # noqa: E731
-    files = ResultFiles(settings.media_root)
+    storage = create_storage(settings)
     app.steps["worker"].add(kinds_check_step(settings, kinds))
-    app.steps["worker"].add(housekeeping_step(settings, kinds, client))
+    app.steps["worker"].add(housekeeping_step(settings, kinds, storage, client))
     deps = Dependencies(
-        settings, Mailer(create_mail_app(settings), keepalive=settings.mail_keepalive), files
+        settings, Mailer(create_mail_app(settings), keepalive=settings.mail_keepalive), storage
     )
     _close_on_exit(deps.mailer)
     for kind in kinds:
