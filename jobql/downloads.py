@@ -7,7 +7,10 @@ answer the same 404: the answer must not tell a stranger which files exist.
 
 from __future__ import annotations
 
+import asyncio
+import mimetypes
 from typing import TYPE_CHECKING
+from urllib.parse import quote
 
 from redis.exceptions import RedisError
 from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
@@ -15,6 +18,7 @@ from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, R
 from jobql.auth import InvalidToken
 from jobql.files import BadFileName
 from jobql.jobs import is_job_id
+from jobql.storage import StorageUnavailable
 
 if TYPE_CHECKING:
     from starlette.requests import Request
@@ -54,9 +58,32 @@ class PrivateFiles:
             job = await self.store.get(job_id, owner=user_id)
         except (RedisError, TimeoutError):
             return JSONResponse({"error": "The job store is unreachable."}, status_code=503)
-        if job is None or path is None or not self.storage.exists(area, job_id, name):
+        if job is None:
             return _not_found()
-        return FileResponse(path, filename=name, headers={"Cache-Control": "private, no-store"})
+        headers = {"Cache-Control": "private, no-store"}
+        try:
+            if path is not None:
+                if not await asyncio.to_thread(self.storage.exists, area, job_id, name):
+                    return _not_found()
+                return FileResponse(path, filename=name, headers=headers)
+            # Not on this host: read from the store (a result file is small), in a thread.
+            file = await asyncio.to_thread(self.storage.open_file, area, job_id, name)
+        except FileNotFoundError:
+            return _not_found()
+        except StorageUnavailable:
+            return JSONResponse({"error": "The media store is unreachable."}, status_code=503)
+        with file:
+            content = file.read()
+        disposition = f"attachment; filename*=utf-8''{quote(name)}"
+        return Response(
+            content,
+            media_type=_media_type(name),
+            headers=headers | {"Content-Disposition": disposition},
+        )
+
+
+def _media_type(name: str) -> str:
+    return mimetypes.guess_type(name)[0] or "application/octet-stream"
 
 
 def _not_found() -> Response:

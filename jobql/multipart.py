@@ -85,8 +85,8 @@ class IncomingUpload:
         """Its name in the store."""
         return self.sink.name
 
-    def remove(self) -> None:
-        self.sink.discard()
+    async def remove(self) -> None:
+        await self.sink.discard()
 
 
 @dataclass(slots=True)
@@ -113,7 +113,9 @@ async def read_form(
     try:
         async for chunk in chunks:
             parser.write(chunk)
+            await reader.store()
         parser.finalize()
+        await reader.store()
     except MultipartParseError as exc:
         raise FormRejected(f"The multipart body is malformed: {exc}") from exc
     if not reader.ended:
@@ -138,6 +140,9 @@ class _FormReader:
         self._field: bytearray | None = None
         self._upload: IncomingUpload | None = None
         self._writing = False
+        # What the parser's (synchronous) callbacks read of files, stored by `store` after
+        # each chunk: a file's bytes, or None where it ended.
+        self._to_store: list[tuple[IncomingUpload, bytes | None]] = []
 
     def callbacks(self) -> MultipartCallbacks:
         return {
@@ -151,15 +156,24 @@ class _FormReader:
             "on_end": self._end,
         }
 
+    async def store(self) -> None:
+        """Store what the last chunk carried of files, in order. (A file left unfinished, the
+        request failing, is removed by the owner of `uploads`.)"""
+        to_store, self._to_store = self._to_store, []
+        try:
+            for upload, data in to_store:
+                if data is None:
+                    await upload.sink.finish()
+                else:
+                    await upload.sink.write(data)
+        except StorageUnavailable as exc:
+            raise UploadNotStored(exc) from exc
+
     def _finish_file(self) -> None:
-        """The file part has ended: what is still buffered is stored now. (A file left
-        unfinished, the request failing, is removed by the owner of `uploads`.)"""
+        """The file part has ended: what is still buffered is stored next."""
         if self._upload is not None and self._writing:
             self._writing = False
-            try:
-                self._upload.sink.finish()
-            except StorageUnavailable as exc:
-                raise UploadNotStored(exc) from exc
+            self._to_store.append((self._upload, None))
 
     def _part_begin(self) -> None:
         self._headers = {}
@@ -230,10 +244,7 @@ class _FormReader:
                     code="PAYLOAD_TOO_LARGE",
                     status=413,
                 )
-            try:
-                self._upload.sink.write(data[start:end])
-            except StorageUnavailable as exc:
-                raise UploadNotStored(exc) from exc
+            self._to_store.append((self._upload, data[start:end]))
             self._upload.digest.update(data[start:end])
         elif self._field is not None:
             if len(self._field) + end - start > self.limits.max_field_bytes:

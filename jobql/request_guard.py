@@ -162,7 +162,7 @@ class RequestGuard:
             # By the time an answer starts, every resolver has claimed what it queued: the
             # rest goes before the client hears anything.
             if message["type"] == "http.response.start":
-                _remove_unclaimed(uploads)
+                await _remove_unclaimed(uploads)
             await send(message)
 
         try:
@@ -173,7 +173,7 @@ class RequestGuard:
             # Nobody is left to answer, and nothing went wrong here.
             logger.info("Client disconnected before its request was read (%s)", scope["path"])
         finally:
-            _remove_unclaimed(uploads)  # and when no answer was sent at all
+            await _remove_unclaimed(uploads)  # and when no answer was sent at all
 
     def _limited(self, receive: Receive, headers: Headers, multipart: bool) -> Receive:
         limit = self.max_multipart_bytes if multipart else self.max_other_bytes
@@ -231,7 +231,7 @@ def _refusal(exc: FormRejected) -> JSONResponse:
     return JSONResponse(body, status_code=exc.status, headers=headers)
 
 
-def _remove_unclaimed(uploads: list[IncomingUpload]) -> None:
+async def _remove_unclaimed(uploads: list[IncomingUpload]) -> None:
     for upload in uploads:
         if not upload.claimed:
-            upload.remove()
+            await upload.remove()

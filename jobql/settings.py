@@ -20,10 +20,20 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="JOBQL_", frozen=True)
 
     redis_url: str = "redis://127.0.0.1:6379/0"
-    storage: Literal["filesystem"] = Field(
+    storage: Literal["filesystem", "s3"] = Field(
         default="filesystem", description="Where uploads and result files are kept"
     )
     media_root: Path = Path("media")
+    # JOBQL_STORAGE=s3: the bucket; credentials come from the standard AWS variables.
+    s3_bucket: str = ""
+    s3_endpoint_url: str = Field(default="", description="Empty for AWS itself")
+    s3_region: str = "us-east-1"
+    s3_prefix: str = Field(default="", description="Where jobql's keys begin in the bucket")
+    media_public_url: str = Field(
+        default="",
+        description="With S3: public files' URLs begin here (a CDN, a public bucket); "
+        "empty, presigned URLs valid until the job expires",
+    )
     secret_key: SecretStr | None = None
     kinds: str = Field(
         default="",
@@ -146,6 +156,10 @@ class Settings(BaseSettings):
                 "JOBQL_SWEEP_MIN_AGE must be at least JOBQL_TASK_TIME_LIMIT, or the sweep "
                 "could remove a file a running task is still writing."
             )
+        if self.storage == "s3" and not self.s3_bucket:
+            raise ValueError("JOBQL_STORAGE=s3 needs JOBQL_S3_BUCKET: the bucket media goes in.")
+        if self.media_public_url and not self.media_public_url.startswith(("https://", "http://")):
+            raise ValueError("JOBQL_MEDIA_PUBLIC_URL must be an http(s) URL.")
         return self
 
     @property

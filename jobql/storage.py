@@ -10,10 +10,13 @@ asks whether the store takes a write. `JOBQL_STORAGE` chooses the backend:
   `incoming/<id>.upload`, a public area's files in `<folder>/<name>` (served at
   `/media/<folder>/<name>`), a private area's in `private/<folder>/<job id>/<name>`
   (served at `/files/<folder>/<job id>/<name>` to the job's owner only).
+- `s3` (`jobql.s3_storage.S3Storage`), in an S3-compatible bucket: the same layout as keys,
+  shared by web processes and workers on any number of hosts.
 
 A store that cannot take or give a file for a reason that may pass (its file system is
 full, read-only or gone) raises `StorageUnavailable`; a file that is not there,
-`FileNotFoundError`. Every call blocks: the web process calls the slow ones in a thread.
+`FileNotFoundError`. Every call blocks but an upload sink's, which the web process awaits as
+the body streams in; it calls the slow others in a thread.
 """
 
 from __future__ import annotations
@@ -78,14 +81,15 @@ class UploadSink(Protocol):
     @property
     def name(self) -> str: ...
 
-    def write(self, data: bytes) -> None:
+    async def write(self, data: bytes) -> None:
         """Store the next bytes; `StorageUnavailable` if the store refuses them."""
 
-    def finish(self) -> None:
+    async def finish(self) -> None:
         """The whole upload is stored; `StorageUnavailable` if the last bytes were refused."""
 
-    def discard(self) -> None:
-        """Remove what was stored (never raises: what cannot be removed, the sweep will)."""
+    async def discard(self) -> None:
+        """Remove what was stored, once or more (never raises: what cannot be removed, the
+        sweep will)."""
 
 
 class Storage(Protocol):
@@ -299,7 +303,7 @@ class FileUpload:
     def path(self) -> Path:
         return self._path
 
-    def write(self, data: bytes) -> None:
+    async def write(self, data: bytes) -> None:
         assert self._file is not None, "written after it was finished"
         # A write of one chunk lands in the page cache in microseconds.
         try:
@@ -307,7 +311,7 @@ class FileUpload:
         except OSError as exc:
             raise StorageUnavailable(f"An upload cannot be stored: {exc}") from exc
 
-    def finish(self) -> None:
+    async def finish(self) -> None:
         if self._file is not None:
             file, self._file = self._file, None
             try:
@@ -315,7 +319,7 @@ class FileUpload:
             except OSError as exc:
                 raise StorageUnavailable(f"An upload cannot be stored: {exc}") from exc
 
-    def discard(self) -> None:
+    async def discard(self) -> None:
         if self._file is not None:
             file, self._file = self._file, None
             with contextlib.suppress(OSError):  # the buffer it could not write
@@ -375,6 +379,11 @@ def create_storage(settings: Settings) -> Storage:
     match settings.storage:
         case "filesystem":
             return FilesystemStorage(settings.media_root)
+        case "s3":
+            # Imported here: the S3 backend builds on this module's types.
+            from jobql.s3_storage import create_s3_storage
+
+            return create_s3_storage(settings)
         case _:
             assert_never(settings.storage)
 

@@ -60,7 +60,12 @@ def test_the_filesystem_backend_is_a_storage(make_settings: Callable[..., Settin
 
 def test_a_backend_jobql_does_not_have_is_refused_by_the_settings() -> None:
     with pytest.raises(ValidationError, match="filesystem"):
-        Settings(storage="s3")  # type: ignore[arg-type]
+        Settings(storage="tape")  # type: ignore[arg-type]
+
+
+def test_s3_needs_a_bucket() -> None:
+    with pytest.raises(ValidationError, match="JOBQL_S3_BUCKET"):
+        Settings(storage="s3")
 
 
 def test_prepare_makes_the_upload_folder_and_each_public_area(tmp_path: Path) -> None:
@@ -71,13 +76,13 @@ def test_prepare_makes_the_upload_folder_and_each_public_area(tmp_path: Path) ->
 # --- uploads -----------------------------------------------------------------------------------
 
 
-def test_an_upload_is_stored_as_it_streams_and_read_back(
+async def test_an_upload_is_stored_as_it_streams_and_read_back(
     storage: FilesystemStorage, tmp_path: Path
 ) -> None:
     upload = storage.new_upload()
     for chunk in (b"first ", b"second ", b"third"):
-        upload.write(chunk)
-    upload.finish()
+        await upload.write(chunk)
+    await upload.finish()
 
     assert upload.name == upload_name(upload.id) == f"{upload.id}.upload"
     assert [p.name for p in (tmp_path / "incoming").iterdir()] == [upload.name]
@@ -91,27 +96,27 @@ def test_an_upload_is_stored_as_it_streams_and_read_back(
         storage.open_upload(upload.name)
 
 
-def test_each_upload_has_an_id_of_its_own(storage: FilesystemStorage) -> None:
+async def test_each_upload_has_an_id_of_its_own(storage: FilesystemStorage) -> None:
     ids = set()
     for _ in range(20):
         upload = storage.new_upload()
-        upload.finish()
+        await upload.finish()
         ids.add(upload.id)
     assert len(ids) == 20
 
 
-def test_a_discarded_upload_is_removed_whatever_its_state(
+async def test_a_discarded_upload_is_removed_whatever_its_state(
     storage: FilesystemStorage, tmp_path: Path
 ) -> None:
     half = storage.new_upload()
-    half.write(b"x" * 100_000)
+    await half.write(b"x" * 100_000)
     whole = storage.new_upload()
-    whole.write(b"y")
-    whole.finish()
+    await whole.write(b"y")
+    await whole.finish()
 
-    half.discard()
-    whole.discard()
-    whole.discard()
+    await half.discard()
+    await whole.discard()
+    await whole.discard()
 
     assert list((tmp_path / "incoming").iterdir()) == []
 
@@ -237,19 +242,19 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
             subprocess.run(["umount", "-l", str(point)], check=True)
 
 
-def stream(upload: UploadSink, size: int) -> None:
+async def stream(upload: UploadSink, size: int) -> None:
     for _ in range(size // 65536):
-        upload.write(b"\0" * 65536)
-    upload.finish()
+        await upload.write(b"\0" * 65536)
+    await upload.finish()
 
 
-def test_a_full_store_is_storage_unavailable_and_leaves_nothing(small_disk: Path) -> None:
+async def test_a_full_store_is_storage_unavailable_and_leaves_nothing(small_disk: Path) -> None:
     storage = FilesystemStorage(small_disk)
     storage.prepare(AREAS)
     upload = storage.new_upload()
     with pytest.raises(StorageUnavailable):
-        stream(upload, 6 * 1024 * 1024)  # on a disk of 1 MiB
-    upload.discard()
+        await stream(upload, 6 * 1024 * 1024)  # on a disk of 1 MiB
+    await upload.discard()
 
     with pytest.raises(StorageUnavailable):
         storage.publish(AVATARS, "job", "a.png", writing(b"\0" * 2 * 1024 * 1024))
@@ -258,12 +263,12 @@ def test_a_full_store_is_storage_unavailable_and_leaves_nothing(small_disk: Path
     storage.probe()  # the room is back
 
 
-def test_a_read_only_store_is_storage_unavailable(small_disk: Path) -> None:
+async def test_a_read_only_store_is_storage_unavailable(small_disk: Path) -> None:
     storage = FilesystemStorage(small_disk)
     storage.prepare(AREAS)
     done = storage.new_upload()
-    done.write(b"photo")
-    done.finish()
+    await done.write(b"photo")
+    await done.finish()
     subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
     try:
         with pytest.raises(StorageUnavailable):
