@@ -51,6 +51,8 @@ if TYPE_CHECKING:
 
 PART_BYTES = 8 * 1024 * 1024  # an upload's part: what the web process holds of it at most
 PROBE_DIR = "probe"  # never listed by the sweep
+CONNECT_TIMEOUT = timedelta(seconds=5)
+RETRY_TIMEOUT = timedelta(seconds=10)
 logger = logging.getLogger(__name__)
 
 
@@ -63,7 +65,13 @@ def s3_store(settings: Settings) -> S3Store:
         settings.s3_bucket,
         prefix=settings.s3_prefix or None,
         config=config,
-        client_options={"allow_http": settings.s3_endpoint_url.startswith("http://")},
+        client_options={
+            "allow_http": settings.s3_endpoint_url.startswith("http://"),
+            "connect_timeout": CONNECT_TIMEOUT,
+        },
+        # A few quick retries, not obstore's ten over three minutes: an upload waiting on a
+        # store that is away holds its client, and the worker retries the job anyway.
+        retry_config={"max_retries": 3, "retry_timeout": RETRY_TIMEOUT},
     )
 
 

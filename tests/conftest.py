@@ -7,6 +7,7 @@ from redis.asyncio import Redis
 
 from jobql.auth import issue_token
 from jobql.redis_server import RedisServer
+from jobql.s3_server import BUCKET, REGION, S3Server
 from jobql.settings import Settings
 from tests.support import Process, SmtpServer, Stack, WebServer, start_web, start_worker
 
@@ -91,6 +92,69 @@ def worker(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iter
 @pytest.fixture(scope="session")
 def web(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebServer]:
     server = start_web(settings, tmp_path_factory.mktemp("logs") / "web.log")
+    yield server
+    server.process.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """A real S3 server (SeaweedFS), its credentials in the standard AWS variables, which
+    this process and every child it starts read."""
+    server = S3Server()
+    server.start()
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("AWS_ACCESS_KEY_ID", server.credentials.access_key_id)
+        env.setenv("AWS_SECRET_ACCESS_KEY", server.credentials.secret_access_key)
+        yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
+def make_s3_settings(
+    make_settings: Callable[..., Settings], s3_server: S3Server
+) -> Callable[..., Settings]:
+    """Settings for media in the S3 server's bucket, under a prefix of their own."""
+
+    def make(prefix: str, **overrides: object) -> Settings:
+        values: dict[str, object] = {
+            "storage": "s3",
+            "s3_bucket": BUCKET,
+            "s3_endpoint_url": s3_server.endpoint_url,
+            "s3_region": REGION,
+            "s3_prefix": prefix,
+            **overrides,
+        }
+        return make_settings(**values)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def s3_redis_server() -> Iterator[RedisServer]:
+    """The S3 stack's own Redis: its workers must not take the filesystem stack's jobs."""
+    server = RedisServer()
+    server.start()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
+def s3_settings(
+    make_s3_settings: Callable[..., Settings], s3_redis_server: RedisServer
+) -> Settings:
+    return make_s3_settings("session", redis_url=s3_redis_server.url)
+
+
+@pytest.fixture(scope="session")
+def s3_worker(s3_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
+    process = start_worker(s3_settings, tmp_path_factory.mktemp("logs") / "s3-worker.log")
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_web(s3_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebServer]:
+    server = start_web(s3_settings, tmp_path_factory.mktemp("logs") / "s3-web.log")
     yield server
     server.process.stop()
 
