@@ -40,7 +40,7 @@ from jobql.storage import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Iterator
+    from collections.abc import Callable, Iterable, Iterator, Sequence
     from pathlib import Path
 
     from obstore import AsyncWritableFile, ObjectMeta
@@ -51,6 +51,10 @@ if TYPE_CHECKING:
 
 PART_BYTES = 8 * 1024 * 1024  # an upload's part: what the web process holds of it at most
 PROBE_DIR = "probe"  # never listed by the sweep
+# What obstore raises when the store fails: its own errors, and OSError (ConnectionError,
+# TimeoutError...) for what it maps to Python's. FileNotFoundError, an OSError too, is
+# caught before these wherever a missing key means something.
+STORE_ERRORS = (BaseError, OSError)
 CONNECT_TIMEOUT = timedelta(seconds=5)
 RETRY_TIMEOUT = timedelta(seconds=10)
 logger = logging.getLogger(__name__)
@@ -119,7 +123,7 @@ class S3Storage:
         write(buffer)
         try:
             obstore.put(self.store, self._key(area, job_id, name), buffer.getbuffer())
-        except BaseError as exc:
+        except STORE_ERRORS as exc:
             raise StorageUnavailable(f"The file cannot be written: {exc}") from exc
         return buffer.getbuffer().nbytes
 
@@ -131,7 +135,7 @@ class S3Storage:
             obstore.head(self.store, self._key(area, job_id, name))
         except FileNotFoundError:
             return False
-        except BaseError as exc:
+        except STORE_ERRORS as exc:
             raise StorageUnavailable(f"The store cannot be read: {exc}") from exc
         return True
 
@@ -178,10 +182,13 @@ class S3Storage:
                 yield batch
 
     def _listed(self, prefix: str) -> Iterator[ObjectMeta]:
+        for page in self._pages(prefix):
+            yield from page
+
+    def _pages(self, prefix: str) -> Iterator[Sequence[ObjectMeta]]:
         try:
-            for page in obstore.list(self.store, prefix, chunk_size=BATCH):
-                yield from page
-        except BaseError as exc:
+            yield from obstore.list(self.store, prefix, chunk_size=BATCH)
+        except STORE_ERRORS as exc:
             raise StorageUnavailable(f"The store cannot be listed: {exc}") from exc
 
     def _job_folders(self, area: FileArea, older_than: float) -> Iterator[str]:
@@ -198,7 +205,7 @@ class S3Storage:
             case LeftoverKind.UPLOAD | LeftoverKind.PARTIAL:
                 self._delete(leftover.location)
             case LeftoverKind.JOB_FILES:
-                for page in obstore.list(self.store, leftover.location, chunk_size=BATCH):
+                for page in self._pages(leftover.location):
                     self._delete_many([meta["path"] for meta in page])
             case _:
                 assert_never(leftover.kind)
@@ -210,7 +217,7 @@ class S3Storage:
         try:
             obstore.put(self.store, key, b"jobql readiness probe\n")
             obstore.delete(self.store, key)
-        except BaseError as exc:
+        except STORE_ERRORS as exc:
             raise StorageUnavailable(f"The media store cannot be written: {exc}") from exc
 
     # --- one key ---------------------------------------------------------------------------------
@@ -222,7 +229,7 @@ class S3Storage:
             return io.BytesIO(obstore.get(self.store, key).bytes())
         except FileNotFoundError:
             raise
-        except BaseError as exc:
+        except STORE_ERRORS as exc:
             raise StorageUnavailable(f"The store cannot be read: {exc}") from exc
 
     def _delete(self, key: str) -> None:
@@ -231,7 +238,7 @@ class S3Storage:
     def _delete_many(self, keys: list[str]) -> None:
         try:
             obstore.delete(self.store, keys)
-        except BaseError as exc:  # the store is away: the sweep removes them later
+        except STORE_ERRORS as exc:  # the store is away: the sweep removes them later
             logger.warning("Could not remove %d objects: %s", len(keys), exc)
 
 
@@ -260,7 +267,7 @@ class ObjectUpload:
                     self._store, self._key, buffer_size=PART_BYTES
                 )
             await self._writer.write(data)
-        except BaseError as exc:
+        except STORE_ERRORS as exc:
             raise StorageUnavailable(f"An upload cannot be stored: {exc}") from exc
 
     async def finish(self) -> None:
@@ -269,7 +276,7 @@ class ObjectUpload:
                 await obstore.put_async(self._store, self._key, b"")
             else:
                 await self._writer.close()
-        except BaseError as exc:
+        except STORE_ERRORS as exc:
             raise StorageUnavailable(f"An upload cannot be stored: {exc}") from exc
         self._finished = True
 
@@ -280,7 +287,7 @@ class ObjectUpload:
                 await self._writer.__aexit__(UploadDiscarded, UploadDiscarded(), None)
             elif self._finished:
                 await obstore.delete_async(self._store, self._key)
-        except BaseError as exc:  # the sweep removes it later
+        except STORE_ERRORS as exc:  # the sweep removes it later
             logger.warning("Could not remove an upload: %s", exc)
         self._writer = None
 

@@ -25,6 +25,7 @@ import pytest
 from PIL import Image
 
 from jobql.health import MediaProbe
+from jobql.s3_server import S3Server
 from jobql.storage import FilesystemStorage
 from tests.conftest import token
 from tests.graphql_clients import follow, ws_client
@@ -354,3 +355,44 @@ async def test_an_avatar_that_could_not_be_written_is_made_once_there_is_room(
     assert files_under(stack.settings) == [f"avatars/{job_id}.jpg"]
     with Image.open(stack.settings.media_root / "avatars" / f"{job_id}.jpg") as avatar:
         assert avatar.size == (256, 256)
+
+
+# --- an S3 store that goes away -----------------------------------------------------------------
+
+
+@pytest.fixture
+def own_s3() -> Iterator[S3Server]:
+    """An S3 server of the test's own, that it may stop and start (its credentials are the
+    session's server's, in the AWS variables: `s3_server` sets them)."""
+    server = S3Server()
+    server.start()
+    yield server
+    server.close()
+
+
+async def test_an_s3_store_that_goes_away_is_service_unavailable_then_comes_back(
+    make_stack: Callable[..., Stack], make_s3_settings: Callable[..., Settings], own_s3: S3Server
+) -> None:
+    s3 = make_s3_settings("away", s3_endpoint_url=own_s3.endpoint_url)
+    overrides = {name: getattr(s3, name) for name in ("storage", "s3_bucket", "s3_endpoint_url")}
+    stack = make_stack(s3_prefix="away", **overrides, **STORAGE_SETTINGS)
+    with pytest.MonkeyPatch.context() as env:  # this server's own credentials, for the children
+        env.setenv("AWS_ACCESS_KEY_ID", own_s3.credentials.access_key_id)
+        env.setenv("AWS_SECRET_ACCESS_KEY", own_s3.credentials.secret_access_key)
+        web = stack.start_web()
+        stack.add_worker()
+    assert (await readyz_until(web, 200)).status_code == 200
+
+    own_s3.stop()
+    answer = await post_upload(web, small_photo())
+    assert_service_unavailable(answer)
+    not_ready = await readyz_until(web, 503)
+    assert not_ready.status_code == 503
+    assert not_ready.json()["media"] != "ok"
+
+    own_s3.start()
+    assert (await readyz_until(web, 200, within=30)).status_code == 200
+    answer = await post_upload(web, small_photo())
+    job = answer.json()["data"]["uploadAvatar"]
+    events = await follow_to_end(web, job["id"])
+    assert events[-1]["state"] == "SUCCESS", events
