@@ -100,6 +100,12 @@ def _parser(kinds: Kinds) -> argparse.ArgumentParser:
     dev = commands.add_parser("dev", help="run everything on this machine, for development")
     dev.add_argument("--host", default="127.0.0.1")
     dev.add_argument("--port", type=int, default=8000)
+    dev.add_argument(
+        "--storage",
+        choices=["filesystem", "s3"],
+        default="filesystem",
+        help="where media goes; s3 starts a private SeaweedFS unless JOBQL_S3_ENDPOINT_URL is set",
+    )
     dev.set_defaults(run=_dev)
 
     for kind in kinds:
@@ -213,7 +219,7 @@ def _schema(args: argparse.Namespace, extra: list[str]) -> int:
 def _dev(args: argparse.Namespace, extra: list[str]) -> int:
     from jobql.dev import run_dev
 
-    return run_dev(args.host, args.port)
+    return run_dev(args.host, args.port, args.storage)
 
 
 def _queue(args: argparse.Namespace, extra: list[str]) -> int:

@@ -26,6 +26,9 @@ from urllib.parse import quote
 from jobql.auth import ALL_SCOPES, issue_token
 from jobql.lifeline import die_with_parent
 from jobql.redis_server import RedisServer, RedisServerNotFound, free_port, redis_server_binary
+from jobql.s3_server import BUCKET as S3_BUCKET
+from jobql.s3_server import REGION as S3_REGION
+from jobql.s3_server import S3Server, S3ServerNotFound, weed_binary
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -43,7 +46,9 @@ class CannotStart(Exception):
     """Something `jobql dev` needs is missing or taken; the message says what to do."""
 
 
-def run_dev(host: str, port: int) -> int:
+def run_dev(host: str, port: int, storage: str = "filesystem") -> int:
+    """`storage`: "s3" starts a private S3 server (SeaweedFS) for the media, unless
+    JOBQL_S3_ENDPOINT_URL names one."""
     env = dict(os.environ)
     children: list[subprocess.Popen[bytes]] = []
 
@@ -53,7 +58,20 @@ def run_dev(host: str, port: int) -> int:
     signal.signal(signal.SIGTERM, stop)
     with ExitStack() as stack:
         try:
-            _check_can_start(host, port, env)
+            _check_can_start(host, port, env, storage)
+            env["JOBQL_STORAGE"] = storage
+            if storage == "s3" and not env.get("JOBQL_S3_ENDPOINT_URL"):
+                s3 = S3Server(with_parent=True)
+                s3.start()
+                stack.callback(s3.close)
+                env.update(
+                    JOBQL_S3_ENDPOINT_URL=s3.endpoint_url,
+                    JOBQL_S3_BUCKET=S3_BUCKET,
+                    JOBQL_S3_REGION=S3_REGION,
+                    AWS_ACCESS_KEY_ID=s3.credentials.access_key_id,
+                    AWS_SECRET_ACCESS_KEY=s3.credentials.secret_access_key,
+                )
+                print(f"s3:      private SeaweedFS at {s3.endpoint_url}, bucket {S3_BUCKET!r}")
             if not env.get("JOBQL_REDIS_URL"):
                 redis = RedisServer(with_parent=True)
                 redis.start()
@@ -106,7 +124,7 @@ def graphiql_url(url: str, token: str) -> str:
     return f"{url}#headers={quote(headers, safe='')}"
 
 
-def _check_can_start(host: str, port: int, env: dict[str, str]) -> None:
+def _check_can_start(host: str, port: int, env: dict[str, str], storage: str) -> None:
     if _port_taken(host, port):
         raise CannotStart(
             f"port {port} on {host} is already in use (another jobql dev?); "
@@ -116,6 +134,11 @@ def _check_can_start(host: str, port: int, env: dict[str, str]) -> None:
         try:
             redis_server_binary()
         except RedisServerNotFound as exc:
+            raise CannotStart(str(exc)) from None
+    if storage == "s3" and not env.get("JOBQL_S3_ENDPOINT_URL"):
+        try:
+            weed_binary()
+        except S3ServerNotFound as exc:
             raise CannotStart(str(exc)) from None
     if not env.get("JOBQL_MAIL_SERVER") and not _importable("aiosmtpd"):
         raise CannotStart(

@@ -4,6 +4,7 @@ nothing behind, and a port already taken says so in one line."""
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import re
@@ -18,10 +19,13 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from urllib.parse import unquote
 
+import httpx
 import pytest
+from PIL import Image
 
 from jobql.dev import _wait_for
 from jobql.redis_server import free_port
+from tests.images import phone_photo
 from tests.support import Process
 
 SEND = 'mutation { sendWelcomeEmail(email: "dev@example.com", username: "Dev") { id state } }'
@@ -68,8 +72,8 @@ def dev_env(tmp_path: Path) -> dict[str, str]:
     return env
 
 
-def start_dev(tmp_path: Path, port: int) -> Process:
-    command = [sys.executable, "-m", "jobql", "dev", "--port", str(port)]
+def start_dev(tmp_path: Path, port: int, *options: str) -> Process:
+    command = [sys.executable, "-m", "jobql", "dev", "--port", str(port), *options]
     dev = Process(command, dev_env(tmp_path), tmp_path / "dev.log")
     dev.wait_for_log("Ctrl-C stops everything.", timeout=60)
     return dev
@@ -108,6 +112,54 @@ def test_dev_runs_everything_and_ctrl_c_stops_it_all(tmp_path: Path) -> None:
 
         family = descendants(dev.popen.pid)
         assert len(family) >= 4  # redis, smtp, worker (and its pool), web
+        os.kill(dev.popen.pid, signal.SIGINT)
+        assert dev.popen.wait(timeout=30) == 0
+        time.sleep(0.5)
+        assert [pid for pid in family if alive(pid)] == []
+    finally:
+        dev.stop()
+
+
+AVATAR_QUERY = "query($id: ID!) { job(id: $id) { state result { ... on AvatarResult { url } } } }"
+
+
+def upload_avatar(url: str, token: str, image: bytes) -> str:
+    """`uploadAvatar` as a GraphQL multipart request; the job's id."""
+    operations = {
+        "query": "mutation($file: Upload!) { uploadAvatar(file: $file) { id } }",
+        "variables": {"file": None},
+    }
+    response = httpx.post(
+        url,
+        headers={"Authorization": f"Bearer {token}"},
+        data={"operations": json.dumps(operations), "map": json.dumps({"0": ["variables.file"]})},
+        files={"0": ("photo.jpg", image, "image/jpeg")},
+        timeout=30,
+    )
+    return str(response.json()["data"]["uploadAvatar"]["id"])
+
+
+def test_dev_with_s3_storage_keeps_media_in_its_own_s3_server(tmp_path: Path) -> None:
+    port = free_port()
+    dev = start_dev(tmp_path, port, "--storage", "s3")
+    try:
+        endpoint = re.search(r"private SeaweedFS at (http://\S+),", dev.log)
+        url = re.search(r"(http://\S+/graphql)#headers=", dev.log)
+        token = re.search(r"Bearer ([\w.-]+)", dev.log)
+        assert endpoint and url and token, dev.log
+        job_id = upload_avatar(url.group(1), token.group(1), phone_photo())
+        deadline = time.monotonic() + 60
+        while (job := post(url.group(1), token.group(1), AVATAR_QUERY, {"id": job_id}))["data"][
+            "job"
+        ]["state"] != "SUCCESS":
+            assert time.monotonic() < deadline, dev.log[-3000:]
+            time.sleep(0.2)
+        avatar_url = job["data"]["job"]["result"]["url"]
+        assert avatar_url.startswith(endpoint.group(1))  # presigned, from the S3 server
+        assert Image.open(io.BytesIO(httpx.get(avatar_url).content)).size == (256, 256)
+        assert not (tmp_path / "media").exists()  # nothing on local disk
+
+        family = descendants(dev.popen.pid)
         os.kill(dev.popen.pid, signal.SIGINT)
         assert dev.popen.wait(timeout=30) == 0
         time.sleep(0.5)
