@@ -57,6 +57,12 @@ class JobState(StrEnum):
 TERMINAL_STATES = frozenset({JobState.SUCCESS, JobState.FAILURE, JobState.REVOKED})
 
 
+def arguments_repr(kwargs: dict[str, Any]) -> tuple[str, str]:
+    """What Celery's events and log lines show of a task's arguments (the message's
+    `argsrepr` and `kwargsrepr`): not the values, which may be personal (an address)."""
+    return "()", f"<{len(kwargs)} kwargs>"
+
+
 def task_name(kind: str) -> str:
     """The Celery task that runs jobs of `kind` (a kind's name, as the job record keeps it)."""
     return f"jobql.{kind}"
