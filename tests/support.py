@@ -27,7 +27,7 @@ from jobql.redis_server import free_port
 from jobql.tasks.recovery import UNACKED_INDEX_KEY, UNACKED_KEY
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterator, Sequence
     from email.message import EmailMessage
 
     from redis import Redis
@@ -109,8 +109,12 @@ class Process:
         self._log.close()
 
 
-def start_worker(settings: Settings, log_path: Path, concurrency: int = 2) -> Process:
+def start_worker(
+    settings: Settings, log_path: Path, concurrency: int = 2, extra: Sequence[str] = ()
+) -> Process:
+    """A worker; `extra` goes to `celery worker` (`-E` to send task events, say)."""
     command = [sys.executable, "-m", "jobql", "worker", "--concurrency", str(concurrency)]
+    command += extra
     worker = Process(command, settings_env(settings), log_path)
     worker.wait_for_log(" ready.")
     return worker
@@ -232,9 +236,9 @@ class Stack:
     workers: list[Process] = field(default_factory=list)
     web: WebServer | None = None
 
-    def add_worker(self, concurrency: int = 1) -> Process:
+    def add_worker(self, concurrency: int = 1, extra: Sequence[str] = ()) -> Process:
         log = self.logs / f"worker-{len(self.workers)}.log"
-        worker = start_worker(self.settings, log, concurrency=concurrency)
+        worker = start_worker(self.settings, log, concurrency=concurrency, extra=extra)
         self.workers.append(worker)
         return worker
 
