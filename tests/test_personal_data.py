@@ -114,9 +114,7 @@ class EventCapture:
 
     def _run(self) -> None:
         with self.app.connection_for_read() as connection:
-            self.receiver = self.app.events.Receiver(
-                connection, handlers={"*": self.events.append}
-            )
+            self.receiver = self.app.events.Receiver(connection, handlers={"*": self.events.append})
             self.receiver.capture(limit=None, timeout=None, wakeup=False)
 
     def __enter__(self) -> EventCapture:
@@ -189,9 +187,10 @@ async def test_addresses_and_names_are_only_where_the_readme_says(stack: Stack) 
     everything = (deferred, refused, deferred_name, refused_name)
     client = redis.Redis.from_url(stack.settings.redis_url)
 
-    with EventCapture(stack.settings.redis_url) as events, PubSubCapture(
-        stack.settings.redis_url
-    ) as published:
+    with (
+        EventCapture(stack.settings.redis_url) as events,
+        PubSubCapture(stack.settings.redis_url) as published,
+    ):
         worker = stack.add_worker(concurrency=1, extra=["-E"])
         wait_until(
             lambda: any(e["type"].startswith("worker-") for e in list(events.events)),
@@ -224,8 +223,10 @@ async def test_addresses_and_names_are_only_where_the_readme_says(stack: Stack) 
         wait_until(lambda: status(client, deferred_id) == "SUCCESS", "the deferred job's end")
         wait_until(lambda: status(client, refused_id) == "FAILURE", "the refused job's end")
         wait_until(
-            lambda: "task-succeeded" in events.of(deferred_id)
-            and "task-failed" in events.of(refused_id),
+            lambda: (
+                "task-succeeded" in events.of(deferred_id)
+                and "task-failed" in events.of(refused_id)
+            ),
             "the final task events",
         )
         ended = places(read_every_key(client), everything)
