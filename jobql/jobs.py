@@ -15,7 +15,10 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 RECORD_PREFIX = "jobql:job:"
 META_PREFIX = "celery-task-meta-"
@@ -57,7 +60,7 @@ class JobState(StrEnum):
 TERMINAL_STATES = frozenset({JobState.SUCCESS, JobState.FAILURE, JobState.REVOKED})
 
 
-def arguments_repr(kwargs: dict[str, Any]) -> tuple[str, str]:
+def arguments_repr(kwargs: Mapping[str, Any]) -> tuple[str, str]:
     """What Celery's events and log lines show of a task's arguments (the message's
     `argsrepr` and `kwargsrepr`): not the values, which may be personal (an address)."""
     return "()", f"<{len(kwargs)} kwargs>"

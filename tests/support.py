@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 ROOT = Path(__file__).resolve().parents[1]
 REJECTING_DOMAIN = "reject.example.org"  # every recipient here gets 550
 DEFERRING_DOMAIN = "defer.example.org"  # each recipient here gets 451 once, then 250
+BUSY_DOMAIN = "busy.example.org"  # every recipient here gets 451, every time
 # The built-in kinds' mutations, as the terminal client sends them.
 UPLOAD_AVATAR = with_job_fields(avatar.UPLOAD_AVATAR)
 SEND_WELCOME = with_job_fields(welcome_email.SEND_WELCOME)
@@ -177,6 +178,8 @@ class RecordingHandler:
             self.peers[address] = session.peer
         if domain == REJECTING_DOMAIN:
             return "550 5.1.1 No such mailbox"
+        if domain == BUSY_DOMAIN:
+            return "451 4.3.0 Try again later"
         with self.lock:
             if domain == DEFERRING_DOMAIN and address not in self.deferred:
                 self.deferred.add(address)

@@ -1,7 +1,8 @@
 """An email job's address and username are found only where the README says they are kept.
 
 A real stack (Redis, a worker sending task events, the web server, SMTP) runs one welcome
-email that the server defers once (so it is retried) and one it refuses. Meanwhile the
+email that the server defers once (so it is retried), one it refuses, and one it always
+defers (so it is given up after its retries). Meanwhile the
 test captures every Celery event (with Celery's own event receiver) and every pub/sub
 message (PSUBSCRIBE *), and reads every Redis key of every type at three moments: with
 the jobs queued, with the deferred one waiting for its retry, and after both ended. Then
@@ -34,10 +35,10 @@ from jobql.jobs import DEFAULT_QUEUE, messages_key, meta_key, owner_events
 from jobql.tasks.recovery import UNACKED_KEY
 from tests.conftest import token
 from tests.graphql_clients import execute, http_client
-from tests.support import DEFERRING_DOMAIN, REJECTING_DOMAIN, SEND_WELCOME
+from tests.support import BUSY_DOMAIN, DEFERRING_DOMAIN, REJECTING_DOMAIN, SEND_WELCOME
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Iterator
+    from collections.abc import Callable, Iterable
 
     from tests.support import Stack
 
@@ -76,7 +77,8 @@ def read_every_key(client: redis.Redis) -> dict[str, bytes]:
     contents: dict[str, bytes] = {}
     for raw_key in client.scan_iter(count=500):
         key = raw_key.decode()
-        kind = client.type(raw_key).decode()
+        kind = client.type(raw_key)
+        kind = kind.decode() if isinstance(kind, bytes) else kind
         if kind == "string":
             value: Any = client.get(raw_key)
         elif kind == "hash":
@@ -174,17 +176,19 @@ def status(client: redis.Redis, job_id: str) -> str | None:
 
 
 @pytest.fixture
-def stack(make_stack: Callable[..., Stack]) -> Iterator[Stack]:
+def stack(make_stack: Callable[..., Stack]) -> Stack:
     # A retry waits long enough for the test to look at Redis in between.
-    yield make_stack(mail_retry_backoff=3.0, mail_max_retries=2)
+    return make_stack(mail_retry_backoff=3.0, mail_max_retries=1)
 
 
 async def test_addresses_and_names_are_only_where_the_readme_says(stack: Stack) -> None:
     tag = uuid.uuid4().hex[:10]
     deferred = f"ada.{tag}@{DEFERRING_DOMAIN}"  # 451 once, then accepted
     refused = f"grace.{tag}@{REJECTING_DOMAIN}"  # 550
-    deferred_name, refused_name = f"Ada-{tag}", f"Grace-{tag}"
-    everything = (deferred, refused, deferred_name, refused_name)
+    given_up = f"alan.{tag}@{BUSY_DOMAIN}"  # 451 every time
+    deferred_name, refused_name, given_up_name = f"Ada-{tag}", f"Grace-{tag}", f"Alan-{tag}"
+    everything = (deferred, refused, given_up, deferred_name, refused_name, given_up_name)
+    names = {deferred: deferred_name, refused: refused_name, given_up: given_up_name}
     client = redis.Redis.from_url(stack.settings.redis_url)
 
     with (
@@ -202,11 +206,11 @@ async def test_addresses_and_names_are_only_where_the_readme_says(stack: Stack) 
         # 1. Queued, no worker taking anything yet: in the task messages only.
         with worker.paused():
             jobs = {}
-            for address, name in ((deferred, deferred_name), (refused, refused_name)):
+            for address, name in names.items():
                 answer = await execute(sender, SEND_WELCOME, email=address, username=name)
                 jobs[address] = answer["sendWelcomeEmail"]["id"]
             queued = places(read_every_key(client), everything)
-        deferred_id, refused_id = jobs[deferred], jobs[refused]
+        deferred_id, refused_id, given_up_id = jobs[deferred], jobs[refused], jobs[given_up]
         assert {k for k in queued if not key_is_a_queue(k)} <= MESSAGE_KEYS, queued
         # The search does find them where they are (inside the messages' base64 bodies).
         assert set().union(*queued.values()) == set(everything), queued
@@ -229,8 +233,11 @@ async def test_addresses_and_names_are_only_where_the_readme_says(stack: Stack) 
             ),
             "the final task events",
         )
+        # A message is acknowledged (taken off `unacked`) just after its end is told.
+        wait_until(lambda: client.hlen(UNACKED_KEY) == 0, "the last message's acknowledgement")
         ended = places(read_every_key(client), everything)
         answer = await execute(sender, JOB_QUERY, id=deferred_id)
+        given_up_answer = await execute(sender, JOB_QUERY, id=given_up_id)
 
     # The address is kept where the API reads it (EmailResult.recipient), and only there.
     assert answer["job"]["result"]["recipient"] == deferred
@@ -244,6 +251,9 @@ async def test_addresses_and_names_are_only_where_the_readme_says(stack: Stack) 
     for expected in ("task-started", "task-retried", "task-succeeded"):
         assert expected in events.of(deferred_id)
     assert "task-failed" in events.of(refused_id)
+    assert events.of(given_up_id).count("task-retried") == 1
+    assert "task-failed" in events.of(given_up_id)
+    assert given_up_answer["job"]["error"]["code"] == "SMTP_UNAVAILABLE"
     for event in events.events:
         assert not found(json.dumps(event, default=str), everything), event
 

@@ -39,6 +39,7 @@ from jobql.jobs import (
     pending_key,
     record_key,
     revoked_meta,
+    utcnow,
 )
 from jobql.stats import STATS_KEY, finished_increments, retried_field
 
@@ -253,7 +254,7 @@ class JobResultBackend(RedisBackend):
             "result": _readable_part(result) if state in states.EXCEPTION_STATES else result,
             "traceback": None,
             "children": [],
-            "date_done": self.app.now().isoformat() if state in states.READY_STATES else None,
+            "date_done": utcnow().isoformat() if state in states.READY_STATES else None,
             "task_id": task_id,
             # Orders a job's state writes across its tries.
             "retries": int(getattr(request, "retries", None) or 0),

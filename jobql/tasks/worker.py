@@ -154,7 +154,7 @@ class JobTask(Task):  # type: ignore[type-arg]
         expires = countdown + settings.queue_ttl
         # As in the web process's first message: Celery would show the arguments in full.
         argsrepr, kwargsrepr = arguments_repr(self.request.kwargs or {})
-        return self.retry(
+        return self.retry(  # type: ignore[call-arg]  # celery-types omits the two reprs
             countdown=countdown,
             expires=expires,
             throw=False,
