@@ -306,9 +306,9 @@ def event_order(meta: dict[str, Any] | None) -> tuple[float, ...]:
     """A key that grows with every state write of one job.
 
     Used to drop an event a subscriber may receive after a newer snapshot: the
-    retry count (from Celery's extended meta) orders tries, the attempt number
-    the worker stamps on STARTED and PROGRESS orders redeliveries of one try,
-    and progress orders the steps within an attempt.
+    retry count (the worker's backend writes it in every meta) orders tries, the
+    attempt number the worker stamps on STARTED and PROGRESS orders redeliveries of
+    one try, and progress orders the steps within an attempt.
     """
     if meta is None:
         return (-1.0,)
