@@ -15,7 +15,10 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 RECORD_PREFIX = "jobql:job:"
 META_PREFIX = "celery-task-meta-"
@@ -55,6 +58,12 @@ class JobState(StrEnum):
 
 
 TERMINAL_STATES = frozenset({JobState.SUCCESS, JobState.FAILURE, JobState.REVOKED})
+
+
+def arguments_repr(kwargs: Mapping[str, Any]) -> tuple[str, str]:
+    """What Celery's events and log lines show of a task's arguments (the message's
+    `argsrepr` and `kwargsrepr`): not the values, which may be personal (an address)."""
+    return "()", f"<{len(kwargs)} kwargs>"
 
 
 def task_name(kind: str) -> str:
@@ -297,9 +306,9 @@ def event_order(meta: dict[str, Any] | None) -> tuple[float, ...]:
     """A key that grows with every state write of one job.
 
     Used to drop an event a subscriber may receive after a newer snapshot: the
-    retry count (from Celery's extended meta) orders tries, the attempt number
-    the worker stamps on STARTED and PROGRESS orders redeliveries of one try,
-    and progress orders the steps within an attempt.
+    retry count (the worker's backend writes it in every meta) orders tries, the
+    attempt number the worker stamps on STARTED and PROGRESS orders redeliveries of
+    one try, and progress orders the steps within an attempt.
     """
     if meta is None:
         return (-1.0,)

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from jobql.jobs import arguments_repr
+
 if TYPE_CHECKING:
     from datetime import datetime
 
@@ -42,6 +44,7 @@ def task_message(
     body = json.dumps(
         [[], kwargs, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}]
     ).encode()
+    argsrepr, kwargsrepr = arguments_repr(kwargs)
     headers: dict[str, Any] = {
         "lang": "py",
         "task": task_name,
@@ -55,9 +58,8 @@ def task_message(
         "timelimit": [None, None],
         "root_id": task_id,
         "parent_id": None,
-        "argsrepr": "()",
-        # Not the values: they may be personal (an email address).
-        "kwargsrepr": f"<{len(kwargs)} kwargs>",
+        "argsrepr": argsrepr,
+        "kwargsrepr": kwargsrepr,
         "origin": _ORIGIN,
         "ignore_result": False,
         "replaced_task_nesting": 0,

@@ -27,7 +27,7 @@ from jobql.redis_server import free_port
 from jobql.tasks.recovery import UNACKED_INDEX_KEY, UNACKED_KEY
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterator, Sequence
     from email.message import EmailMessage
 
     from redis import Redis
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 ROOT = Path(__file__).resolve().parents[1]
 REJECTING_DOMAIN = "reject.example.org"  # every recipient here gets 550
 DEFERRING_DOMAIN = "defer.example.org"  # each recipient here gets 451 once, then 250
+BUSY_DOMAIN = "busy.example.org"  # every recipient here gets 451, every time
 # The built-in kinds' mutations, as the terminal client sends them.
 UPLOAD_AVATAR = with_job_fields(avatar.UPLOAD_AVATAR)
 SEND_WELCOME = with_job_fields(welcome_email.SEND_WELCOME)
@@ -109,8 +110,12 @@ class Process:
         self._log.close()
 
 
-def start_worker(settings: Settings, log_path: Path, concurrency: int = 2) -> Process:
+def start_worker(
+    settings: Settings, log_path: Path, concurrency: int = 2, extra: Sequence[str] = ()
+) -> Process:
+    """A worker; `extra` goes to `celery worker` (`-E` to send task events, say)."""
     command = [sys.executable, "-m", "jobql", "worker", "--concurrency", str(concurrency)]
+    command += extra
     worker = Process(command, settings_env(settings), log_path)
     worker.wait_for_log(" ready.")
     return worker
@@ -173,6 +178,8 @@ class RecordingHandler:
             self.peers[address] = session.peer
         if domain == REJECTING_DOMAIN:
             return "550 5.1.1 No such mailbox"
+        if domain == BUSY_DOMAIN:
+            return "451 4.3.0 Try again later"
         with self.lock:
             if domain == DEFERRING_DOMAIN and address not in self.deferred:
                 self.deferred.add(address)
@@ -232,9 +239,9 @@ class Stack:
     workers: list[Process] = field(default_factory=list)
     web: WebServer | None = None
 
-    def add_worker(self, concurrency: int = 1) -> Process:
+    def add_worker(self, concurrency: int = 1, extra: Sequence[str] = ()) -> Process:
         log = self.logs / f"worker-{len(self.workers)}.log"
-        worker = start_worker(self.settings, log, concurrency=concurrency)
+        worker = start_worker(self.settings, log, concurrency=concurrency, extra=extra)
         self.workers.append(worker)
         return worker
 

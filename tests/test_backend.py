@@ -12,7 +12,15 @@ import redis
 from celery import Celery
 from celery.app.task import Context
 
-from jobql.jobs import messages_key, meta_key, missing_key, pending_key, record_key, task_name
+from jobql.jobs import (
+    JobFailed,
+    messages_key,
+    meta_key,
+    missing_key,
+    pending_key,
+    record_key,
+    task_name,
+)
 from jobql.stats import STATS_KEY
 from jobql.tasks.backend import (
     ATTEMPT_MARK,
@@ -36,7 +44,6 @@ def backend(redis_server: RedisServer) -> JobResultBackend:
     app.conf.update(
         result_serializer="json",
         accept_content=["json"],
-        result_extended=True,
         result_expires=RESULT_EXPIRES,
     )
     return cast("JobResultBackend", app.backend)
@@ -128,7 +135,6 @@ def test_start_counts_the_delivery_and_stores_started_with_its_attempt(
     client.zadd(pending, {job_id: 1})
     client.hset(copies, job_id, "{}")
     client.hset(missing, job_id, "1")
-    # An argument that looks like the attempt's stand-in is stored as it came.
     args = ("a@example.com", ATTEMPT_MARK)
 
     attempts = [start(backend, job_id, *args, pid=1234) for _ in range(2)]
@@ -137,7 +143,11 @@ def test_start_counts_the_delivery_and_stores_started_with_its_attempt(
     meta = stored(client, job_id)
     assert meta["status"] == "STARTED"
     assert meta["result"] == {"attempt": 2, "pid": 1234}
-    assert meta["args"] == list(args)
+    # Not the task's arguments (they may be personal), nor anything else of the request.
+    assert set(meta) == {"status", "result", "traceback", "children", "date_done", "task_id"} | {
+        "retries"
+    }
+    assert "a@example.com" not in json.dumps(meta)
     assert client.hget(record, "deliveries:0") == b"2"
     assert client.hget(record, "started_at") == b"2026-01-01T00:00:00+00:00"
     assert client.zscore(pending, job_id) is None
@@ -178,3 +188,32 @@ def test_sent_does_not_bring_back_a_record_that_is_gone(
     job_id = str(uuid.uuid4())
     backend.mark_checkpoint(job_id, request(job_id), f"<{job_id}@jobql>", progress=90)
     assert not client.exists(record_key(job_id))
+
+
+def test_a_meta_keeps_of_an_exception_what_the_api_reads(
+    backend: JobResultBackend, client: redis.Redis
+) -> None:
+    """No traceback, and no exception's text but a JobFailed's and a revocation's: a
+    traceback or a message may quote the payload (smtplib's names the recipient)."""
+    job_id = str(uuid.uuid4())
+    context = request(job_id, "a@example.com")
+    context.retries = 2
+    personal = KeyError("a@example.com")
+    backend.mark_as_retry(job_id, personal, "Traceback ... a@example.com", request=context)
+    meta = stored(client, job_id)
+    assert meta["status"] == "RETRY"
+    assert meta["retries"] == 2  # what orders a job's state writes across tries
+    assert meta["traceback"] is None
+    assert meta["result"] == {"exc_type": "KeyError", "exc_message": [], "exc_module": "builtins"}
+
+    backend.mark_as_failure(job_id, personal, "Traceback ... a@example.com", request=context)
+    assert "a@example.com" not in json.dumps(stored(client, job_id))
+
+    job_id = str(uuid.uuid4())
+    failed = JobFailed("SMTP_REJECTED", "The mail server refused.", False)
+    backend.mark_as_failure(job_id, failed, "Traceback", request=request(job_id))
+    assert stored(client, job_id)["result"]["exc_message"] == list(failed.args)
+
+    job_id = str(uuid.uuid4())
+    backend.mark_as_revoked(job_id, "expired", request=request(job_id))
+    assert stored(client, job_id)["result"]["exc_message"] == ["expired"]

@@ -67,3 +67,18 @@ def test_secret_is_required_and_redis_is_healthy_first() -> None:
         assert "media:/data/media" in service["volumes"]
         assert service["environment"]["JOBQL_MEDIA_ROOT"] == "/data/media"
     assert "flower" in SERVICES and "mailpit" in SERVICES
+
+
+def test_flower_asks_for_a_password_from_the_environment_and_listens_on_loopback() -> None:
+    flower = SERVICES["flower"]
+    command: list[str] = flower["command"]
+    auth = [part for part in command if part.startswith(("--basic-auth", "--basic_auth"))]
+    assert len(auth) == 1, command
+    # From the environment, required, and no password written in the file.
+    assert re.fullmatch(r"--basic[-_]auth=\$\{FLOWER_BASIC_AUTH:\?[^}]*\}", auth[0]), auth
+    assert "FLOWER_BASIC_AUTH" not in flower.get("environment", {})
+    # Published on the loopback interface only, or not at all.
+    for port in flower.get("ports", []):
+        assert str(port).startswith("127.0.0.1:"), port
+    # The web UI has no other way in: no host network, no other published port.
+    assert flower.get("network_mode") != "host"

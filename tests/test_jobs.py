@@ -63,7 +63,7 @@ def read(meta: dict[str, Any] | None, job_id: str | None = None) -> JobSnapshot:
 
 
 def meta(status: str, result: object = None, **extra: object) -> dict[str, Any]:
-    """A result meta as Celery's JSON backend stores it (`result_extended` on)."""
+    """A result meta as jobql's backend stores it."""
     return {
         "status": status,
         "result": result,
@@ -82,7 +82,7 @@ class Backend:
     def __init__(self, url: str) -> None:
         self.app = Celery("jobql-test", backend=backend_url(url), set_as_current=False)
         self.app.conf.update(
-            result_serializer="json", accept_content=["json"], result_extended=True
+            result_serializer="json", accept_content=["json"], result_extended=False
         )
         self.backend: KeyValueStoreBackend = self.app.backend  # type: ignore[assignment]
         self.redis = redis.Redis.from_url(url)

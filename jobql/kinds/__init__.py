@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import hmac
 import json
 import time
 import typing
@@ -82,8 +83,12 @@ __all__ = [
     "incoming_upload",
     "open_upload",
     "owner_jobs",
+    "pseudonym",
     "upload_digest",
 ]
+
+# Mixed into the secret key for `pseudonym`, so that its values are of no use elsewhere.
+_PSEUDONYM_CONTEXT = b"jobql pseudonym"
 
 P = TypeVar("P")
 R = TypeVar("R")
@@ -293,6 +298,15 @@ def upload_digest(info: MutationInfo, file: object) -> str:
 def fingerprint_of(*values: object) -> str:
     """A fingerprint of a mutation's arguments, for `enqueue`'s idempotency key."""
     return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def pseudonym(info: MutationInfo, value: str) -> str:
+    """A stand-in for a personal value where Redis would show it (a `Dedupe` key's name):
+    the same for the same value, and not to be traced back to it without the server's
+    secret key (a plain hash of an address is undone by hashing candidate addresses)."""
+    secret = _context(info).settings.require_secret_key()
+    key = hmac.new(secret.encode(), _PSEUDONYM_CONTEXT, hashlib.sha256).digest()
+    return hmac.new(key, value.encode(), hashlib.sha256).hexdigest()
 
 
 def checked_delay(

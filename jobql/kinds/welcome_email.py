@@ -29,6 +29,7 @@ from jobql.kinds import (
     checked_delay,
     enqueue,
     fingerprint_of,
+    pseudonym,
 )
 
 if TYPE_CHECKING:
@@ -100,7 +101,8 @@ async def send_welcome_email(
     address = checked_email(email)
     payload = WelcomePayload(address, checked_username(username))
     delay = checked_delay(info, delay_seconds)
-    dedupe = Dedupe(f"jobql:welcome:{address.lower()}", ONCE_PER)
+    # Keyed by a pseudonym: a key's name is shown by any SCAN (and Redis tools).
+    dedupe = Dedupe(f"jobql:welcome:{pseudonym(info, address.lower())}", ONCE_PER)
     try:
         job = await enqueue(
             info,
@@ -109,7 +111,8 @@ async def send_welcome_email(
             delay=delay,
             dedupe=dedupe,
             idempotency_key=idempotency_key,
-            fingerprint=fingerprint_of(address, payload.username, delay_seconds),
+            # Stored for a day: keyed, as a plain digest of guessable values can be undone.
+            fingerprint=pseudonym(info, fingerprint_of(address, payload.username, delay_seconds)),
         )
     except DuplicateJob:
         raise BadUserInput(

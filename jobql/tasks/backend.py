@@ -7,6 +7,10 @@ same scripts keep the job record: the start of a delivery is counted with its
 STARTED write (which also reads back the checkpoint an earlier delivery saved), and a
 finished job is counted in the stats with its final write (and
 only once, however often it is delivered).
+
+A meta holds what the API reads and nothing more (`JobResultBackend._meta`): no task
+arguments, no traceback, no exception text but a `JobFailed`'s. Of what a job was given,
+only the result its body returns is stored.
 """
 
 from __future__ import annotations
@@ -21,19 +25,21 @@ from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 from celery import states
 from celery.backends.redis import RedisBackend
-from celery.exceptions import BackendStoreError
+from celery.exceptions import BackendStoreError, TaskRevokedError
 
 from jobql.jobs import (
     CANCELLED,
     CANCELLED_FIELD,
     RECORD_FIELDS,
     TELL_OWNER,
+    JobFailed,
     JobState,
     messages_key,
     missing_key,
     pending_key,
     record_key,
     revoked_meta,
+    utcnow,
 )
 from jobql.stats import STATS_KEY, finished_increments, retried_field
 
@@ -43,9 +49,11 @@ if TYPE_CHECKING:
     from redis.commands.core import Script
 
 FINISHED_STATES = frozenset({states.SUCCESS, states.FAILURE})
+# The exceptions whose arguments a stored meta keeps (see `_readable_part`).
+MESSAGES_KEPT = frozenset({JobFailed.__name__, TaskRevokedError.__name__})
 CHECKPOINT = "checkpoint"  # in the job record: what a delivery saved of an effect it had
 # Stands for the attempt number in a STARTED meta until the script knows it; random, so
-# that no task argument (the meta holds those too) can be taken for it.
+# that nothing else in the meta can be taken for it.
 ATTEMPT_MARK = f"attempt-{secrets.token_hex(16)}"
 
 # `store` writes a meta unless the job has succeeded already, and PUBLISHes it on the
@@ -147,8 +155,6 @@ class JobResultBackend(RedisBackend):
         expires: int | None
         failure_expires: int | None
 
-        def _get_result_meta(self, **fields: Any) -> dict[str, Any]: ...
-
     @cached_property
     def _store_state(self) -> Script:
         return self.client.register_script(STORE_STATE)  # type: ignore[no-any-return]
@@ -239,11 +245,35 @@ class JobResultBackend(RedisBackend):
     def _meta(
         self, task_id: str, result: Any, state: str, traceback: str | None, request: Any
     ) -> dict[str, Any]:
-        meta = self._get_result_meta(
-            result=result, state=state, traceback=traceback, request=request
-        )
-        meta["task_id"] = task_id
-        return meta
+        """The meta of one state write: what `jobql.jobs.snapshot` and `event_order` read,
+        nothing more. Not the task's arguments (Celery's `result_extended` would add them),
+        not a traceback, and of an exception only what the API reads (a traceback or an
+        exception's message may quote the job's personal data)."""
+        return {
+            "status": state,
+            "result": _readable_part(result) if state in states.EXCEPTION_STATES else result,
+            "traceback": None,
+            "children": [],
+            "date_done": utcnow().isoformat() if state in states.READY_STATES else None,
+            "task_id": task_id,
+            # Orders a job's state writes across its tries.
+            "retries": int(getattr(request, "retries", None) or 0),
+        }
+
+
+def _readable_part(result: Any) -> Any:
+    """Of an exception as Celery encodes it, what `jobql.jobs.job_error` reads: every
+    exception's type, and the arguments only of those whose arguments are meant for the
+    client (a `JobFailed`'s code and message) or are Celery's own mark (a revocation's
+    reason, `expired` for a job past its queue deadline)."""
+    if not isinstance(result, dict) or "exc_type" not in result:
+        return result
+    kept = result["exc_type"] in MESSAGES_KEPT
+    return {
+        "exc_type": result["exc_type"],
+        "exc_message": result.get("exc_message") if kept else [],
+        "exc_module": result.get("exc_module"),
+    }
 
 
 def _finished(state: str, request: Any) -> dict[str, float]:

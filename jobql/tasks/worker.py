@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, cast
 from celery import Celery, Task, bootsteps, signals
 from celery.exceptions import Ignore
 
-from jobql.jobs import DEFAULT_QUEUE, JobFailed, JobState, utcnow
+from jobql.jobs import DEFAULT_QUEUE, JobFailed, JobState, arguments_repr, utcnow
 from jobql.kinds import JobCancelled, Kind, RetryLater, TaskContext
 from jobql.logs import configure_logging, current_job_id
 from jobql.registry import check_agreement
@@ -56,6 +56,9 @@ class JobTask(Task):  # type: ignore[type-arg]
     # A job that ends with a code is an expected end: Celery logs it in one INFO line,
     # with no traceback.
     throws = (JobFailed,)
+    # A result may be personal (an email's recipient): none of it goes into the worker's
+    # log line or the `task-succeeded` event, which show Celery's repr of it cut to this.
+    resultrepr_maxsize = 0
 
     def before_start(self, task_id: str, args: Any, kwargs: Any) -> None:
         """Stamp the start time, count this delivery of this try, and say STARTED."""
@@ -151,7 +154,15 @@ class JobTask(Task):  # type: ignore[type-arg]
         # Each try has its own queue deadline, counted from when it is due (Celery would
         # give the retry the first message's). A number is seconds from now.
         expires = countdown + settings.queue_ttl
-        return self.retry(countdown=countdown, expires=expires, throw=False)
+        # As in the web process's first message: Celery would show the arguments in full.
+        argsrepr, kwargsrepr = arguments_repr(self.request.kwargs or {})
+        return self.retry(  # type: ignore[call-arg]  # celery-types omits the two reprs
+            countdown=countdown,
+            expires=expires,
+            throw=False,
+            argsrepr=argsrepr,
+            kwargsrepr=kwargsrepr,
+        )
 
 
 def run_job(self: JobTask, **kwargs: Any) -> dict[str, Any]:
@@ -168,7 +179,9 @@ def run_job(self: JobTask, **kwargs: Any) -> dict[str, Any]:
         retry_or_end = self.retry_later(later)
         if isinstance(retry_or_end, JobFailed):  # no retry left: nothing will use the upload
             self.drop_upload()
-        raise retry_or_end from later
+        # Not chained: the retry's traceback goes into the `task-retried` or `task-failed`
+        # event, and the causes' text may quote the payload (smtplib's names the recipient).
+        raise retry_or_end from None
     except JobCancelled:
         self.drop_upload()
         cast("JobResultBackend", self.backend).mark_cancelled(str(self.request.id))
@@ -202,8 +215,8 @@ def create_worker_app(settings: Settings, kinds: Kinds) -> Celery:
         task_serializer="json",
         result_serializer="json",
         result_expires=settings.result_expires,
-        # Extended meta carries the retry count, which orders a job's state writes.
-        result_extended=True,
+        # Not the arguments in every state write: the backend stores what the API reads.
+        result_extended=False,
         task_default_queue=DEFAULT_QUEUE,
         task_time_limit=settings.task_time_limit,
         task_soft_time_limit=settings.task_time_limit * 0.9,
