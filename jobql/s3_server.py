@@ -51,11 +51,18 @@ class S3Server:
     """SeaweedFS's master, volume server, filer and S3 gateway in one process, with one
     bucket and one set of credentials. `start()`, then `stop()`; `close()` removes its data."""
 
-    def __init__(self, host: str = "127.0.0.1", with_parent: bool = False) -> None:
-        """`with_parent`: the server dies with the thread that starts it (`jobql dev`)."""
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        with_parent: bool = False,
+        identities: dict[str, object] | None = None,
+    ) -> None:
+        """`with_parent`: the server dies with the thread that starts it (`jobql dev`).
+        `identities`: SeaweedFS's S3 identities, if not one with new credentials."""
         self.host = host
         self.with_parent = with_parent
         self.credentials = S3Credentials(secrets.token_hex(8), secrets.token_hex(20))
+        self.identities = identities or self._identities()
         self.s3_port = free_port(host)
         # Every port of every part: SeaweedFS's defaults (and port + 10000 for gRPC) would
         # clash with another server on the same host.
@@ -81,7 +88,7 @@ class S3Server:
         data = Path(self._directory.name) / "data"
         data.mkdir(exist_ok=True)
         identities = Path(self._directory.name) / "s3.json"
-        identities.write_text(json.dumps(self._identities()))
+        identities.write_text(json.dumps(self.identities))
         command = [
             weed_binary(), "server",
             f"-dir={data}", f"-ip={self.host}", f"-ip.bind={self.host}",
