@@ -16,6 +16,9 @@ from typing import TYPE_CHECKING, Any
 from aiosmtpd.controller import Controller
 
 from jobql.redis_server import RedisServer, free_port
+from jobql.s3_server import BUCKET as S3_BUCKET
+from jobql.s3_server import REGION as S3_REGION
+from jobql.s3_server import S3Server
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -74,6 +77,7 @@ class Bench:
     smtp: SmtpSink
     smtp_port: int
     processes: list[Process] = field(default_factory=list)
+    s3: S3Server | None = None  # started when a part first asks for it
 
     @property
     def media(self) -> Path:
@@ -106,12 +110,28 @@ class Bench:
             process.wait_for_log(ready)
         return process
 
-    def jobql_web(self, workers: int = SERVER_PROCESSES) -> tuple[Process, str]:
+    def jobql_web(self, workers: int = SERVER_PROCESSES, s3: bool = False) -> tuple[Process, str]:
+        """`s3`: its media in the run's S3 server (SeaweedFS), not on the filesystem."""
         port = free_port()
         command = [sys.executable, "-m", "jobql", "web", "--port", str(port)]
         command += ["--workers", str(workers), "--no-access-log"]
         url = f"http://127.0.0.1:{port}"
-        return self.start("jobql-web", command, f"{url}/healthz"), url
+        env = self.s3_env() if s3 else {}
+        name = "jobql-web-s3" if s3 else "jobql-web"
+        return self.start(name, command, f"{url}/healthz", **env), url
+
+    def s3_env(self) -> dict[str, str]:
+        if self.s3 is None:
+            self.s3 = S3Server()
+            self.s3.start()
+        return {
+            "JOBQL_STORAGE": "s3",
+            "JOBQL_S3_BUCKET": S3_BUCKET,
+            "JOBQL_S3_ENDPOINT_URL": self.s3.endpoint_url,
+            "JOBQL_S3_REGION": S3_REGION,
+            "AWS_ACCESS_KEY_ID": self.s3.credentials.access_key_id,
+            "AWS_SECRET_ACCESS_KEY": self.s3.credentials.secret_access_key,
+        }
 
     def reference_web(self) -> tuple[Process, str]:
         port = free_port()
@@ -171,3 +191,5 @@ def open_bench(workdir: Path) -> Iterator[Bench]:
         bench.stop_all()
         controller.stop()
         redis.close()
+        if bench.s3 is not None:
+            bench.s3.close()

@@ -13,6 +13,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -168,13 +169,14 @@ async def upload_ack(bench: Bench, size: Size) -> dict[str, Any]:
     )
     results: dict[str, Any] = {}
     ours, our_url = bench.jobql_web()
+    on_s3, s3_url = bench.jobql_web(s3=True)
     theirs, their_url = bench.reference_web()
     async with httpx.AsyncClient(timeout=120) as client:
         for name, data in files.items():
 
-            def to_ours(data: bytes = data) -> Any:
+            def to_ours(data: bytes = data, url: str = our_url) -> Any:
                 return client.post(
-                    f"{our_url}/graphql",
+                    f"{url}/graphql",
                     headers={"Authorization": f"Bearer {TOKEN}"},
                     data={"operations": operations, "map": '{"0": ["variables.f"]}'},
                     files={"0": ("photo", data, "application/octet-stream")},
@@ -188,16 +190,20 @@ async def upload_ack(bench: Bench, size: Size) -> dict[str, Any]:
 
             # One upload each in turn, so that both sides meet the same moments of the machine.
             jobql_times: list[float] = []
+            s3_times: list[float] = []
             reference_times: list[float] = []
             for _ in range(size.uploads):
                 jobql_times += await time_uploads(to_ours, 1)
+                s3_times += await time_uploads(partial(to_ours, url=s3_url), 1)
                 reference_times += await time_uploads(to_theirs, 1)
             results[name] = {
                 "bytes": len(data),
                 "jobql": _summary(jobql_times),
+                "jobql_s3": _summary(s3_times),
                 "reference": _summary(reference_times),
             }
     ours.stop()
+    on_s3.stop()
     theirs.stop()
     flush(bench)
     return results

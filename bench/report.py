@@ -51,6 +51,17 @@ def _uploads(u: dict[str, Any]) -> list[Row]:
                 ours["median_ms"] <= target * theirs["median_ms"],
             )
         )  # fmt: skip
+        on_s3 = u[name]["jobql_s3"]
+        rows.append(
+            _row(
+                f"2. upload answered with media in S3, {label}, median (p90 "
+                f"{on_s3['p90_ms']:.0f} ms; {on_s3['median_ms'] / ours['median_ms']:.2f}x the "
+                "filesystem's)",
+                on_s3["median_ms"], theirs["median_ms"], "ms", "<= 1.5x filesystem, <= 0.5x",
+                on_s3["median_ms"] <= 1.5 * ours["median_ms"]
+                and on_s3["median_ms"] <= 0.5 * theirs["median_ms"],
+            )
+        )  # fmt: skip
     return rows
 
 
