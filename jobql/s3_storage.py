@@ -43,12 +43,14 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator, Sequence
     from pathlib import Path
 
+    from _typeshed import WriteableBuffer
     from obstore import AsyncWritableFile, ObjectMeta
     from obstore.store import S3Config
 
     from jobql.files import FileArea
     from jobql.settings import Settings
 
+HEAD_BYTES = 256 * 1024  # what an object's reader fetches first
 PART_BYTES = 8 * 1024 * 1024  # an upload's part: what the web process holds of it at most
 PROBE_DIR = "probe"  # never listed by the sweep
 # What obstore raises when the store fails: its own errors, and OSError (ConnectionError,
@@ -223,10 +225,8 @@ class S3Storage:
     # --- one key ---------------------------------------------------------------------------------
 
     def _read(self, key: str) -> BinaryIO:
-        """The object whole, in memory: an upload is at most `JOBQL_MAX_UPLOAD_BYTES`, and
-        its decoded image takes more than that anyway."""
         try:
-            return io.BytesIO(obstore.get(self.store, key).bytes())
+            return io.BufferedReader(ObjectReader(self.store, key))
         except FileNotFoundError:
             raise
         except STORE_ERRORS as exc:
@@ -240,6 +240,51 @@ class S3Storage:
             obstore.delete(self.store, keys)
         except STORE_ERRORS as exc:  # the store is away: the sweep removes them later
             logger.warning("Could not remove %d objects: %s", len(keys), exc)
+
+
+class ObjectReader(io.RawIOBase):
+    """An object read as a file in at most two GETs: its first `HEAD_BYTES` when they are
+    first read (all that checking an upload's header needs), the rest when it is."""
+
+    def __init__(self, store: S3Store, key: str) -> None:
+        self._store = store
+        self._key = key
+        self._size = int(obstore.head(store, key)["size"])  # FileNotFoundError if gone
+        self._data = bytearray()
+        self._position = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._size}[whence]
+        self._position = max(0, base + offset)
+        return self._position
+
+    def readinto(self, buffer: WriteableBuffer) -> int:
+        view = memoryview(buffer).cast("B")
+        count = max(0, min(len(view), self._size - self._position))
+        self._fetch_to(self._position + count)
+        view[:count] = self._data[self._position : self._position + count]
+        self._position += count
+        return count
+
+    def _fetch_to(self, end: int) -> None:
+        if end <= len(self._data):
+            return
+        until = HEAD_BYTES if end <= HEAD_BYTES else self._size
+        try:
+            self._data += obstore.get_range(
+                self._store, self._key, start=len(self._data), end=until
+            )
+        except STORE_ERRORS as exc:
+            raise StorageUnavailable(f"The store cannot be read: {exc}") from exc
 
 
 class ObjectUpload:

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_readme_lists_every_setting_and_no_other() -> None:
     readme = (ROOT / "README.md").read_text()
-    table = set(re.findall(r"^\| `(JOBQL_[A-Z_]+)` \|", readme, flags=re.M))
+    table = set(re.findall(r"^\| `(JOBQL_[A-Z0-9_]+)` \|", readme, flags=re.M))
     assert table == {f"JOBQL_{name.upper()}" for name in Settings.model_fields}
 
 

@@ -39,9 +39,18 @@ EXPORT_JOBS = "mutation { exportJobs { ...JobFields } }"
 FOLLOW = "subscription Follow($id: ID!) { job(id: $id) { ...JobFields } }"
 
 
-@pytest.fixture
-def stack(make_stack: Callable[..., Stack]) -> Stack:
-    stack = make_stack(kinds=EXAMPLE)
+S3_SETTINGS = ("storage", "s3_bucket", "s3_endpoint_url", "s3_region", "s3_prefix")
+
+
+@pytest.fixture(params=["filesystem", "s3"])
+def stack(request: pytest.FixtureRequest, make_stack: Callable[..., Stack]) -> Stack:
+    """The example kind's files kept on the filesystem, and in S3 (served by jobql from the
+    bucket to their owner alone)."""
+    media: dict[str, object] = {}
+    if request.param == "s3":
+        s3 = request.getfixturevalue("make_s3_settings")(f"export-{uuid.uuid4().hex[:8]}")
+        media = {name: getattr(s3, name) for name in S3_SETTINGS}
+    stack = make_stack(kinds=EXAMPLE, **media)
     stack.add_worker(concurrency=2)
     stack.start_web()
     return stack

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import time
 import urllib.error
 import urllib.request
@@ -60,6 +61,14 @@ async def test_a_large_upload_streams_in_parts_and_reads_back(s3_storage: S3Stor
     assert keys(s3_storage) == [f"incoming/{upload.name}"]
     with s3_storage.open_upload(upload.name) as file:
         assert file.read() == chunk * count
+    whole = chunk * count
+    with s3_storage.open_upload(upload.name) as file:  # read as Pillow reads: a header, seeks
+        assert file.read(16) == whole[:16]
+        assert file.seek(-10, io.SEEK_END) == len(whole) - 10
+        assert file.read() == whole[-10:]
+        file.seek(300_000)
+        assert file.read(5) == whole[300_000:300_005]
+        assert file.tell() == 300_005
 
     s3_storage.remove_upload(upload.name)
     s3_storage.remove_upload(upload.name)  # gone already is fine
