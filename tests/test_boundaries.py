@@ -35,6 +35,7 @@ SHARED = {
     "jobql.settings",
     "jobql.stats",
     "jobql.storage",
+    "jobql.s3_storage",  # JOBQL_STORAGE=s3, on both sides
     "jobql.uploads",
 }
 WORKER = SHARED | {
@@ -135,6 +136,7 @@ def test_the_module_list_is_complete() -> None:
         "jobql.lifeline",
         "jobql.processes",
         "jobql.redis_server",
+        "jobql.s3_server",  # `jobql dev --storage s3`
         "jobql.tasks.purge",  # `jobql purge`
     }
     assert set(all_modules()) - WEB - WORKER - own == set()
