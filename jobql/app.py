@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 from contextlib import asynccontextmanager
 from datetime import timedelta
@@ -23,6 +24,7 @@ from jobql.admission import Admission
 from jobql.auth import TokenVerifier
 from jobql.connections import create_redis
 from jobql.downloads import PrivateFiles
+from jobql.epoch import watch_for_data_loss
 from jobql.files import PRIVATE_URL, PUBLIC_URL
 from jobql.graphql_app import JobqlGraphQL
 from jobql.health import Health, MediaProbe, healthz
@@ -142,7 +144,12 @@ def create_app(settings: Settings | None = None) -> SecurityHeaders:
         gc.set_threshold(GC_THRESHOLD, *gc.get_threshold()[1:])
         if provider is not None:
             await provider.refresh()
+        data_loss = asyncio.create_task(
+            watch_for_data_loss(store, services.watcher, settings.data_loss_check),
+            name="jobql-data-loss",
+        )
         yield
+        data_loss.cancel()
         await services.watcher.close()
         await redis.aclose()
 

@@ -33,6 +33,13 @@ class ServiceUnavailable(ApiError):
     code = "SERVICE_UNAVAILABLE"
 
 
+class JobLost(ApiError):
+    """The job was accepted, but Redis lost its data (a restart without persistence, a
+    FLUSHALL, a failover to an empty replica) and the job with it: it will never end."""
+
+    code = "JOB_LOST"
+
+
 class IdempotencyKeyReused(ApiError):
     """The idempotency key was used, within its 24 hours, for a request with other
     arguments."""

@@ -137,6 +137,11 @@ class Settings(BaseSettings):
         gt=0,
         description="Seconds a queued job may be missing from the broker before it is queued again",
     )
+    data_loss_check: float = Field(
+        default=1.0,
+        gt=0,
+        description="Seconds between a web process's looks for Redis having lost its data",
+    )
     sweep_interval: float = Field(default=600.0, gt=0, description="Seconds between sweeps")
     sweep_min_age: float = Field(
         default=600.0,

@@ -35,7 +35,11 @@ class WatchLost(ConnectionError):
     """The pub/sub connection failed: a subscription can no longer hear its job."""
 
 
-Event = bytes | WatchLost
+class DataLost(Exception):
+    """Redis lost its data (`jobql.epoch`): the job watched may be gone with it."""
+
+
+Event = bytes | WatchLost | DataLost
 
 
 class Mailbox:
@@ -118,6 +122,12 @@ class JobWatcher:
             yield mailbox
         finally:
             await self._forget(key, mailbox)
+
+    def data_lost(self) -> None:
+        """Tell every watch that Redis lost its data: each asks after its own job once."""
+        for listeners in self._mailboxes.values():
+            for mailbox in listeners:
+                mailbox.put_nowait(DataLost())
 
     async def close(self) -> None:
         async with self._lock:

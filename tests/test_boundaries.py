@@ -54,6 +54,7 @@ WEB = SHARED | {
     "jobql.connections",
     "jobql.deadline",
     "jobql.downloads",
+    "jobql.epoch",
     "jobql.graphql_app",
     "jobql.health",
     "jobql.listing",

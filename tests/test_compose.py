@@ -66,6 +66,10 @@ def test_every_jobql_variable_is_a_real_setting() -> None:
 
 def test_secret_is_required_and_redis_is_healthy_first() -> None:
     assert "healthcheck" in SERVICES["redis"]
+    command = SERVICES["redis"]["command"]
+    # Redis keeps the jobs it has accepted across a restart (the README's "Redis durability").
+    assert command[command.index("--appendonly") + 1] == "yes"
+    assert command[command.index("--appendfsync") + 1] == "everysec"
     for name in ("web", "worker"):
         service = SERVICES[name]
         assert service["environment"]["JOBQL_SECRET_KEY"].startswith("${JOBQL_SECRET_KEY:?")

@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING
 from jobql.errors import BadUserInput, ServiceUnavailable
 from jobql.jobs import TERMINAL_STATES, JobState, is_job_id, load_meta, meta_key
 from jobql.listing import MAX_FIRST, BadCursor
-from jobql.watcher import WatchLost
+from jobql.resolvers.subscription import raise_if_lost
+from jobql.watcher import DataLost, WatchLost
 
 if TYPE_CHECKING:
     from enum import StrEnum
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
     from jobql.jobs import JobSnapshot
     from jobql.listing import Page
     from jobql.resolvers.context import Context
+    from jobql.store import JobStore
     from jobql.watcher import Mailbox
 
 DEFAULT_FIRST = 20
@@ -73,18 +75,24 @@ async def wait_for_job(
                 return kinds.known(job) if job else None
             try:
                 async with asyncio.timeout(timeout):
-                    await _until_done(events)
+                    await _until_done(context.store, job_id, events)
             except TimeoutError:
                 pass  # answered with the job as it is now
             job = await context.store.get(job_id, owner=user_id)
+            if job is None:  # it was there a moment ago
+                await raise_if_lost(context.store, job_id)
     return kinds.known(job) if job else None
 
 
-async def _until_done(events: Mailbox) -> None:
+async def _until_done(store: JobStore, job_id: str, events: Mailbox) -> None:
     while True:
         event = await events.get()
         if isinstance(event, WatchLost):
+            await raise_if_lost(store, job_id)
             raise ServiceUnavailable("Lost the connection to the job store; ask again.")
+        if isinstance(event, DataLost):
+            await raise_if_lost(store, job_id)
+            continue
         meta = load_meta(event)
         if meta is not None and JobState(meta["status"]) in TERMINAL_STATES:
             return

@@ -1,12 +1,14 @@
+import asyncio
 import math
 from collections.abc import AsyncGenerator
 from enum import StrEnum
 from typing import Any
 
 import strawberry
+from redis.exceptions import RedisError
 from strawberry.types import Info
 
-from jobql.errors import NotFound, ServiceUnavailable
+from jobql.errors import JobLost, NotFound, ServiceUnavailable
 from jobql.jobs import (
     JobSnapshot,
     JobState,
@@ -20,9 +22,11 @@ from jobql.jobs import (
 )
 from jobql.resolvers.context import Context
 from jobql.store import JobStore
-from jobql.watcher import Mailbox, WatchLost
+from jobql.watcher import DataLost, Mailbox, WatchLost
 
 BEFORE_ANY = (-math.inf,)  # orders before any write of a job
+LOST_WITHIN = 5.0  # seconds a broken watch waits for Redis to tell whether its job is gone
+LOST_RETRY = 0.25
 
 
 async def job(info: Info[Context, None], id: strawberry.ID) -> AsyncGenerator[JobSnapshot, None]:
@@ -64,7 +68,11 @@ async def _changes(
     while not current.done:
         event = await events.get()
         if isinstance(event, WatchLost):
+            await raise_if_lost(store, job_id)
             raise ServiceUnavailable("Lost the connection to the job store; subscribe again.")
+        if isinstance(event, DataLost):
+            await raise_if_lost(store, job_id)
+            continue  # made after the loss: it is there
         meta = load_meta(event)
         order = event_order(meta)
         if order <= last_order:
@@ -75,6 +83,28 @@ async def _changes(
             record = await store.record(job_id) or record
         current = snapshot(job_id, record, meta)
         yield current
+
+
+async def raise_if_lost(store: JobStore, job_id: str, within: float = LOST_WITHIN) -> None:
+    """`JobLost` if the job's record is gone. Asked when Redis lost its data, or when the
+    pub/sub connection broke (a Redis restarted without persistence): then Redis is asked
+    again for up to `within` seconds while it comes back; if it does not, the caller's
+    own error stands."""
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        try:
+            record = await store.record(job_id)
+        except (RedisError, OSError, TimeoutError):
+            if asyncio.get_running_loop().time() >= deadline:
+                return
+            await asyncio.sleep(LOST_RETRY)
+            continue
+        if not record:
+            raise JobLost(
+                "The job store lost this job (Redis lost its data); it will not run: "
+                "submit it again."
+            )
+        return
 
 
 async def jobs(
@@ -108,6 +138,11 @@ async def jobs(
                 if isinstance(event, WatchLost):
                     raise ServiceUnavailable(
                         "Lost the connection to the job store; subscribe again."
+                    )
+                if isinstance(event, DataLost):
+                    raise JobLost(
+                        "The job store lost its data, and jobs of yours with it: list them "
+                        "again (`jobs`), and subscribe again."
                     )
                 job_id, record, meta = read_owner_event(event)
                 if record.get("owner") != user_id or record.get("kind") not in kinds:
