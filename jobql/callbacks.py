@@ -73,7 +73,8 @@ def allowed_endpoints(setting: str) -> frozenset[Endpoint]:
             raise BadAllowedHosts(
                 f"JOBQL_CALLBACK_ALLOWED_HOSTS: {entry!r} is not [http://|https://]host[:port]."
             )
-        endpoints.add(Endpoint(scheme, parts.hostname.lower(), port or DEFAULT_PORTS[scheme]))
+        default = DEFAULT_PORTS[scheme]
+        endpoints.add(Endpoint(scheme, parts.hostname.lower(), default if port is None else port))
     return frozenset(endpoints)
 
 
@@ -97,7 +98,8 @@ def checked_callback_url(url: str, allowed: frozenset[Endpoint]) -> str:
         parts = urlsplit(url)
         port = parts.port
         seen = httpx.URL(url)
-    except ValueError as exc:  # httpx.InvalidURL is one
+        seen_host, seen_port = seen.host, seen.port  # an IDN is decoded here
+    except (ValueError, httpx.InvalidURL) as exc:
         raise CallbackUrlRefused(f"callbackUrl is not a URL: {exc}") from None
     scheme = parts.scheme.lower()
     if scheme not in DEFAULT_PORTS:
@@ -107,8 +109,9 @@ def checked_callback_url(url: str, allowed: frozenset[Endpoint]) -> str:
     if parts.fragment or "#" in url:
         raise CallbackUrlRefused("callbackUrl must not have a fragment.")
     host = (parts.hostname or "").lower()
-    endpoint = Endpoint(scheme, host, port or DEFAULT_PORTS[scheme])
-    client_view = Endpoint(seen.scheme, seen.host, seen.port or DEFAULT_PORTS[scheme])
+    default = DEFAULT_PORTS[scheme]
+    endpoint = Endpoint(scheme, host, default if port is None else port)
+    client_view = Endpoint(seen.scheme, seen_host, default if seen_port is None else seen_port)
     if endpoint not in allowed or client_view != endpoint:
         raise CallbackUrlRefused(
             f"callbackUrl must be on this server's allow-list ({scheme}://{host}:{endpoint.port}"
@@ -149,11 +152,11 @@ CALLBACK_FIELDS = ("url", "attempts", "delivered_at", "last_error")
 def job_document(job: JobSnapshot, kinds: Kinds) -> dict[str, Any]:
     """The job as the API answers it, by GraphQL names: `Job`'s fields, its result with
     `__typename`, its error."""
-    result = None
+    result: dict[str, object] | None = None
     if job.result is not None:
         loaded = kinds.load_result(job.kind, job.result)
         definition = get_object_definition(type(loaded), strict=True)
-        result: dict[str, object] = {"__typename": definition.name}
+        result = {"__typename": definition.name}
         for field in definition.fields:
             name = field.graphql_name or to_camel_case(field.python_name)
             result[name] = _graphql_value(getattr(loaded, field.python_name))
