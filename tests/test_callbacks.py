@@ -23,6 +23,7 @@ from redis import Redis
 from jobql.auth import SCOPE_SEND_EMAIL
 from jobql.jobs import CALLBACK_QUEUE
 from jobql.redis_server import free_port
+from jobql.tasks.purge import purge_queue
 from tests.conftest import token
 from tests.graphql_clients import execute, http_client
 from tests.support import settings_env
@@ -442,3 +443,37 @@ def test_web_and_worker_refuse_to_start_with_bad_callback_settings(
         assert "Traceback" not in done.stderr
         if secret:
             assert secret not in done.stderr
+
+
+async def test_a_job_past_its_queue_deadline_calls_back_expired(
+    make_stack: Callable[..., Stack], receiver: Receiver
+) -> None:
+    stack = make_stack(**callback_settings(receiver), queue_ttl=1)
+    web = stack.start_web()  # no worker: nothing takes the job in time
+    job = await send(web, address("expired"), f"{receiver.base()}/ok")
+    await asyncio.sleep(1.5)
+    stack.add_worker(concurrency=1)
+
+    [post] = await until(lambda: receiver.to("/ok"))
+
+    sent = json.loads(post.body)["job"]
+    assert sent["id"] == job["id"]
+    assert sent["state"] == "REVOKED"
+    assert sent["error"]["code"] == "EXPIRED"
+    assert (await get(web, job["id"]))["callback"]["deliveredAt"] is not None
+
+
+async def test_a_job_purged_from_the_queue_calls_back_revoked(
+    make_stack: Callable[..., Stack], receiver: Receiver
+) -> None:
+    stack = make_stack(**callback_settings(receiver))
+    web = stack.start_web()  # no worker: the job waits on the queue
+    job = await send(web, address("purged"), f"{receiver.base()}/ok")
+    with Redis.from_url(stack.settings.redis_url) as redis:
+        assert purge_queue(redis, stack.settings.result_expires).revoked == 1
+    stack.add_worker(concurrency=1)
+
+    [post] = await until(lambda: receiver.to("/ok"))
+
+    sent = json.loads(post.body)["job"]
+    assert (sent["id"], sent["state"]) == (job["id"], "REVOKED")
