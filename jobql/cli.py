@@ -9,6 +9,8 @@ import sys
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+from pydantic import ValidationError
+
 from jobql.auth import DEFAULT_TTL
 from jobql.registry import BadKindModule, KindsDisagree, load_kinds
 from jobql.settings import MissingSecretKey, Settings
@@ -34,6 +36,12 @@ def main(argv: list[str] | None = None) -> int:
         kinds = load_kinds(Settings())
     except BadKindModule as exc:
         print(f"jobql: {exc}", file=sys.stderr)
+        return 2
+    except ValidationError as exc:
+        # Each error's own message: the whole error would quote the settings' values.
+        for error in exc.errors():
+            name = "JOBQL_" + "_".join(str(part) for part in error["loc"]).upper()
+            print(f"jobql: {name + ': ' if error['loc'] else ''}{error['msg']}", file=sys.stderr)
         return 2
     parser = _parser(kinds)
     args, extra = parser.parse_known_args(argv)

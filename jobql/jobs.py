@@ -43,6 +43,15 @@ OWNER_EVENTS_PREFIX = "jobql:owner-events:"
 # In the job record, once its owner has cancelled it: a worker that starts it drops it, and
 # a running body stops at its next checkpoint.
 CANCELLED_FIELD = "cancelled"
+# Per job given a callbackUrl, a hash: its `url`, the `message` of its delivery task (until
+# the job's end queues it), and how delivery went (`attempts`, `delivered_at`,
+# `last_error`). Kept beside the record, not in it, so that the record stays a small
+# listpack however long the URL. Delivery tasks have a queue of their own, so that a slow
+# receiver never holds a job's message behind it.
+CALLBACK_PREFIX = "jobql:callback:"
+CALLBACK_QUEUE = "jobql-callbacks"
+# Not of the form `jobql.<kind>`: a kind's name is a GraphQL name, which has no "-".
+CALLBACK_TASK = "jobql.callback-delivery"
 CANCELLED = "CANCELLED"  # the error code of a job its owner cancelled
 EXPIRED = "EXPIRED"  # the error code of a job no worker started within the queue deadline
 
@@ -172,6 +181,31 @@ local function tell_owner(record, value)
     redis.call('PUBLISH', '{OWNER_EVENTS_PREFIX}' .. owner, event)
 end
 """
+
+
+# Lua: `queue_callback(record key)` pushes the job's callback delivery message, once, when
+# a script has just ended the job (nothing for a job without a callback);
+# `keep_callback(record key, seconds)` keeps its callback hash as long as the record.
+QUEUE_CALLBACK = f"""
+local function callback_of(record)
+    return '{CALLBACK_PREFIX}' .. string.sub(record, {len(RECORD_PREFIX) + 1})
+end
+local function queue_callback(record)
+    local key = callback_of(record)
+    local message = redis.call('HGET', key, 'message')
+    if message then
+        redis.call('HDEL', key, 'message')
+        redis.call('LPUSH', '{CALLBACK_QUEUE}', message)
+    end
+end
+local function keep_callback(record, seconds)
+    redis.call('EXPIRE', callback_of(record), seconds)
+end
+"""
+
+
+def callback_key(job_id: str) -> str:
+    return f"{CALLBACK_PREFIX}{job_id}"
 
 
 def owner_events(owner: str) -> str:

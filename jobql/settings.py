@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from jobql.callbacks import Endpoint, allowed_endpoints
 
 MIN_SECRET_KEY_BYTES = 32
 
@@ -123,6 +126,22 @@ class Settings(BaseSettings):
     jwt_issuer: str | None = Field(default=None, description="The `iss` every token must carry")
     jwt_audience: str | None = Field(default=None, description="The `aud` every token must name")
 
+    callback_allowed_hosts: str = Field(
+        default="",
+        description="Hosts a job's callbackUrl may name, comma-separated (https unless "
+        "written http://host); empty: no callbacks",
+    )
+    callback_secret: SecretStr | None = Field(
+        default=None, description="Signs callback POSTs (HMAC-SHA256); needed with hosts"
+    )
+    callback_max_attempts: int = Field(default=6, gt=0, le=20, description="POSTs of a callback")
+    callback_timeout: float = Field(
+        default=10.0, gt=0, description="Seconds a callback POST may take for each step"
+    )
+    callback_retry_backoff: float = Field(
+        default=30.0, gt=0, description="Seconds before a callback's second POST; doubles"
+    )
+
     task_time_limit: int = Field(default=300, gt=0, description="Hard limit per task, seconds")
     visibility_timeout: int = Field(
         default=3600,
@@ -165,7 +184,27 @@ class Settings(BaseSettings):
             raise ValueError("JOBQL_STORAGE=s3 needs JOBQL_S3_BUCKET: the bucket media goes in.")
         if self.media_public_url and not self.media_public_url.startswith(("https://", "http://")):
             raise ValueError("JOBQL_MEDIA_PUBLIC_URL must be an http(s) URL.")
+        if self.callback_endpoints:
+            secret = self.callback_secret.get_secret_value() if self.callback_secret else ""
+            if len(secret.encode()) < MIN_SECRET_KEY_BYTES:
+                raise ValueError(
+                    "JOBQL_CALLBACK_ALLOWED_HOSTS is set, so JOBQL_CALLBACK_SECRET must be too, "
+                    f"at least {MIN_SECRET_KEY_BYTES} bytes long: it signs every callback. "
+                    'Make one with: python -c "import secrets; print(secrets.token_urlsafe(32))".'
+                )
+            longest_wait = self.callback_retry_backoff * 2 ** (self.callback_max_attempts - 2)
+            if longest_wait + self.callback_timeout * 3 >= self.visibility_timeout:
+                raise ValueError(
+                    "JOBQL_CALLBACK_RETRY_BACKOFF doubled JOBQL_CALLBACK_MAX_ATTEMPTS - 2 times "
+                    f"({longest_wait:g} s) must stay well under JOBQL_VISIBILITY_TIMEOUT: a "
+                    "worker holds a retry's message until it is due."
+                )
         return self
+
+    @cached_property
+    def callback_endpoints(self) -> frozenset[Endpoint]:
+        """What `callback_allowed_hosts` allows (a bad entry is a `ValueError`)."""
+        return allowed_endpoints(self.callback_allowed_hosts)
 
     @property
     def max_delay_seconds(self) -> int:

@@ -9,17 +9,22 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+from jobql.callbacks import CALLBACK_FIELDS, CallbackStatus, callback_status
 from jobql.connections import AutoPipeline, text
 from jobql.errors import IdempotencyKeyReused
 from jobql.jobs import (
+    CALLBACK_QUEUE,
+    CALLBACK_TASK,
     CANCELLED,
     CANCELLED_FIELD,
     DEFAULT_QUEUE,
+    QUEUE_CALLBACK,
     RECORD_FIELDS,
     TELL_OWNER,
     Dedupe,
     Idempotency,
     JobSnapshot,
+    callback_key,
     is_job_id,
     load_meta,
     messages_key,
@@ -52,8 +57,10 @@ NO_SUCH_JOB = "00000000-0000-0000-0000-000000000000"
 # write the job record, note the job as pending with a copy of its message (kept until a
 # worker starts the job, outside the record so that the record stays a small listpack),
 # queue the task message, count it as accepted, add it to its owner's jobs and tell the
-# owner's channel. Returns the earlier job's id, or false. A job whose record exists is
-# queued already: a pipeline sent again after its connection broke must not queue it twice.
+# owner's channel; with KEYS[9] (a callback hash), keep the callback URL and the message
+# of its delivery task there, for the script that ends the job to queue. Returns the
+# earlier job's id, or false. A job whose record exists is queued already: a pipeline
+# sent again after its connection broke must not queue it twice.
 #
 # The owner's index loses at most TRIM_BATCH expired entries per write: a write costs the
 # same however long the owner was away, and `jobs` never reads below the cutoff anyway.
@@ -69,7 +76,11 @@ if KEYS[1] ~= '' then
   redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 end
 if KEYS[8] ~= '' then redis.call('SET', KEYS[8], ARGV[1] .. ' ' .. ARGV[11], 'EX', ARGV[12]) end
-redis.call('HSET', KEYS[2], unpack(ARGV, 13))
+if KEYS[9] ~= '' then
+  redis.call('HSET', KEYS[9], 'url', ARGV[13], 'message', ARGV[14], 'attempts', 0)
+  redis.call('EXPIRE', KEYS[9], ARGV[3])
+end
+redis.call('HSET', KEYS[2], unpack(ARGV, 15))
 redis.call('EXPIRE', KEYS[2], ARGV[3])
 redis.call('ZADD', KEYS[4], ARGV[5], ARGV[1])
 redis.call('HSET', KEYS[7], ARGV[1], ARGV[4])
@@ -96,6 +107,7 @@ TRIM_BATCH = 100
 # reads the same mark in the same way.
 CANCEL_SCRIPT = (
     TELL_OWNER
+    + QUEUE_CALLBACK
     + """
 if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return 0 end
 local current = redis.call('GET', KEYS[2])
@@ -106,6 +118,7 @@ if status == 'PENDING' or status == 'RETRY' then
   redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[4])
   redis.call('PUBLISH', KEYS[2], ARGV[2])
   tell_owner(KEYS[1], ARGV[2])
+  queue_callback(KEYS[1])
   redis.call('ZREM', KEYS[3], ARGV[3])
   redis.call('HDEL', KEYS[4], ARGV[3])
   redis.call('HDEL', KEYS[5], ARGV[3])
@@ -151,11 +164,13 @@ class JobStore:
         delay: timedelta | None = None,
         dedupe: Dedupe | None = None,
         idempotency: Idempotency | None = None,
+        callback_url: str | None = None,
     ) -> JobSnapshot:
         """Write the job record and queue its task, both or neither, in one round trip.
 
         With `delay`, a worker starts the task no sooner than that from now. With
-        `dedupe`, raises `AlreadyQueued` when an earlier job holds the key.
+        `dedupe`, raises `AlreadyQueued` when an earlier job holds the key. With
+        `callback_url` (checked already), the job's end queues a task that POSTs it there.
         """
         job_id = job_id or new_job_id()
         created_at = utcnow()
@@ -175,7 +190,14 @@ class JobStore:
             owner_key(owner),
             messages_key(self.queue),
             idempotency.key if idempotency else "",
+            callback_key(job_id) if callback_url else "",
         ]
+        # The delivery's id is its task's: the same on every attempt.
+        delivery = (
+            task_message(CALLBACK_TASK, new_job_id(), {"job_id": job_id}, CALLBACK_QUEUE)
+            if callback_url
+            else ""
+        )
         args = [
             job_id,
             int(dedupe.ttl.total_seconds()) if dedupe else 0,
@@ -189,6 +211,8 @@ class JobStore:
             owner_event(job_id, record, None),
             idempotency.fingerprint if idempotency else "",
             int(idempotency.ttl.total_seconds()) if idempotency else 0,
+            callback_url or "",
+            delivery,
             *(part for pair in record.items() for part in pair),
         ]
         # EVAL rather than EVALSHA: Redis keeps the compiled script either way, and a
@@ -234,6 +258,11 @@ class JobStore:
             field: text(value) for field, value in zip(RECORD_FIELDS, values, strict=True) if value
         }
         return record, load_meta(raw_meta)
+
+    async def callback(self, job_id: str) -> CallbackStatus | None:
+        """How the job's callback went; None if it was given no callbackUrl."""
+        [values] = await self._pipeline.execute(("HMGET", callback_key(job_id), *CALLBACK_FIELDS))
+        return callback_status(values)
 
     async def record(self, job_id: str) -> dict[str, str]:
         return (await self.load(job_id))[0]

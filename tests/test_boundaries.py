@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = {
     "jobql",
     "jobql.auth",  # the scope a kind's mutation asks for
+    "jobql.callbacks",
     "jobql.errors",
     "jobql.files",
     "jobql.image_formats",
@@ -41,6 +42,7 @@ SHARED = {
 WORKER = SHARED | {
     "jobql.tasks",
     "jobql.tasks.backend",
+    "jobql.tasks.callback",
     "jobql.tasks.celery",
     "jobql.tasks.housekeeping",
     "jobql.tasks.mail",

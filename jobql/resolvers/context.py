@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -12,6 +13,7 @@ from redis.exceptions import RedisError
 from strawberry.fastapi import BaseContext
 
 from jobql.auth import InvalidToken, Principal, TokenVerifier
+from jobql.callbacks import CallbackUrlRefused, checked_callback_url
 from jobql.errors import BadUserInput, ServiceUnavailable, Unauthenticated
 from jobql.jobs import Idempotency
 from jobql.multipart import IncomingUpload
@@ -32,6 +34,13 @@ if TYPE_CHECKING:
     from jobql.storage import Storage
     from jobql.store import JobStore
     from jobql.watcher import JobWatcher
+
+
+# The `callbackUrl` of the mutation being resolved: the schema adds the argument to every
+# kind's mutation and sets this around its resolver, so that `enqueue` finds it.
+requested_callback_url: ContextVar[str | None] = ContextVar(
+    "jobql_requested_callback_url", default=None
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +161,16 @@ class Context(BaseContext):
         """The queued job; with `dedupe`, the caller's earlier job, or None if the earlier
         job is someone else's."""
         user_id = self.principal().user_id
+        callback_url = requested_callback_url.get()
+        if callback_url is not None:
+            try:
+                checked_callback_url(callback_url, self.settings.callback_endpoints)
+            except CallbackUrlRefused as exc:
+                raise BadUserInput(str(exc), field="callbackUrl") from None
+            if idempotency is not None:  # another URL is another request
+                key, fingerprint = idempotency
+                digest = hashlib.sha256(f"{fingerprint}\n{callback_url}".encode()).hexdigest()
+                idempotency = (key, digest)
         await self.check_rate()
         # Kept no longer than the job it answers with.
         ttl = min(IDEMPOTENCY_TTL, timedelta(seconds=self.settings.result_expires))
@@ -166,6 +185,7 @@ class Context(BaseContext):
                     delay=delay,
                     dedupe=dedupe,
                     idempotency=stored,
+                    callback_url=callback_url,
                 )
             except AlreadyQueued as earlier:
                 return await self.store.get(earlier.job_id, owner=user_id)

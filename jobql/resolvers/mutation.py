@@ -1,10 +1,49 @@
-"""Mutations on a job that exists already, whatever its kind."""
+"""Mutations on a job that exists already, whatever its kind; and the `callbackUrl` every
+kind's mutation takes."""
+
+import functools
+import inspect
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any
 
 import strawberry
 from strawberry.types import Info
 
 from jobql.jobs import JobSnapshot
-from jobql.resolvers.context import Context
+from jobql.resolvers.context import Context, requested_callback_url
+
+CALLBACK_URL = "callback_url"
+CallbackUrl = Annotated[
+    str | None,
+    strawberry.argument(
+        description="POSTed the job, signed, when it ends (SUCCESS, FAILURE or REVOKED); its "
+        "host must be on the server's allow-list."
+    ),
+]
+
+
+def with_callback_url(
+    mutation: Callable[..., Awaitable[JobSnapshot]],
+) -> Callable[..., Awaitable[JobSnapshot]]:
+    """A kind's mutation with one more argument, `callbackUrl`, last: `enqueue` reads it (a
+    kind's own code never sees it)."""
+
+    @functools.wraps(mutation)
+    async def resolve(*args: Any, callback_url: str | None = None, **kwargs: Any) -> JobSnapshot:
+        token = requested_callback_url.set(callback_url)
+        try:
+            return await mutation(*args, **kwargs)
+        finally:
+            requested_callback_url.reset(token)
+
+    signature = inspect.signature(mutation)
+    added = inspect.Parameter(
+        CALLBACK_URL, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=CallbackUrl
+    )
+    resolve.__signature__ = signature.replace(  # type: ignore[attr-defined]
+        parameters=[*signature.parameters.values(), added]
+    )
+    return resolve
 
 
 async def cancel_job(info: Info[Context, None], id: strawberry.ID) -> JobSnapshot | None:

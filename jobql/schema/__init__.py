@@ -33,7 +33,9 @@ def root_types(kinds: Kinds) -> tuple[type, type, type]:
         **listing_queries,
     }
     mutation_fields: dict[str, Any] = {
-        kind.mutation.__name__: strawberry.mutation(resolver=kind.mutation, graphql_type=job)
+        kind.mutation.__name__: strawberry.mutation(
+            resolver=mutation.with_callback_url(kind.mutation), graphql_type=job
+        )
         for kind in kinds
     }
     mutation_fields["cancel_job"] = strawberry.mutation(

@@ -10,6 +10,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any, Optional, Union
 
 import strawberry
+from strawberry.types import Info
 
 from jobql.jobs import JobSnapshot, JobState
 
@@ -26,6 +27,28 @@ class JobError:
     retryable: bool = strawberry.field(description="Whether the same request may succeed later.")
 
 
+@strawberry.type(description="How the POST of a job to its callbackUrl went.")
+class CallbackDelivery:
+    url: str
+    attempts: int = strawberry.field(description="POSTs tried so far.")
+    delivered_at: datetime | None = strawberry.field(description="When a 2xx answered one.")
+    last_error: str | None = strawberry.field(description="Why the last POST failed.")
+
+
+async def _callback(root: JobSnapshot, info: Info) -> Optional[CallbackDelivery]:  # noqa: UP045
+    context = info.context
+    with context.redis_errors_as_unavailable():
+        status = await context.store.callback(root.id)
+    if status is None:
+        return None
+    return CallbackDelivery(
+        url=status.url,
+        attempts=status.attempts,
+        delivered_at=status.delivered_at,
+        last_error=status.last_error,
+    )
+
+
 def job_type(kinds: "Kinds") -> type:
     """`Job`, whose `kind` and `result` cover exactly `kinds`."""
     job_kind = strawberry.enum(kinds.enum, name="JobKind", description="What a job does.")
@@ -35,8 +58,8 @@ def job_type(kinds: "Kinds") -> type:
     def load_result(root: JobSnapshot) -> Any:
         return None if root.result is None else kinds.load_result(root.kind, root.result)
 
-    # The fields but the last two are the snapshot's own attributes, read as they are
-    # (a kind's name is its JobKind value). `result` and `error` need a resolver, and
+    # The fields but the last three are the snapshot's own attributes, read as they are
+    # (a kind's name is its JobKind value). `result`, `error` and `callback` need a resolver, and
     # fields with one come after those without, in the schema too: keep them last.
     @strawberry.type(name="Job", description="A piece of slow work and where it has got to.")
     class Job:
@@ -60,6 +83,9 @@ def job_type(kinds: "Kinds") -> type:
             description="Set when SUCCESS.",
         )
         error = strawberry.field(resolver=_error, description="Set when FAILURE or REVOKED.")
+        callback = strawberry.field(
+            resolver=_callback, description="Set when the job was given a callbackUrl."
+        )
 
     return Job
 

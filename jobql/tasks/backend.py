@@ -30,6 +30,7 @@ from celery.exceptions import BackendStoreError, TaskRevokedError
 from jobql.jobs import (
     CANCELLED,
     CANCELLED_FIELD,
+    QUEUE_CALLBACK,
     RECORD_FIELDS,
     TELL_OWNER,
     JobFailed,
@@ -57,11 +58,13 @@ CHECKPOINT = "checkpoint"  # in the job record: what a delivery saved of an effe
 ATTEMPT_MARK = f"attempt-{secrets.token_hex(16)}"
 
 # `store` writes a meta unless the job has succeeded already, and PUBLISHes it on the
-# job's channel and, with the job record's fields, on its owner's (`owner_event`).
+# job's channel and, with the job record's fields, on its owner's (`owner_event`); a meta
+# that `ends` the job queues its callback, if it has one.
 _STORE = (
     TELL_OWNER
+    + QUEUE_CALLBACK
     + """
-local function store(key, value, expires, record)
+local function store(key, value, expires, record, ends)
     local current = redis.call('GET', key)
     -- A late write (from a lost worker, or a retry of a cancelled job) changes no end.
     if current then
@@ -75,6 +78,7 @@ local function store(key, value, expires, record)
     end
     redis.call('PUBLISH', key, value)
     tell_owner(record, value)
+    if ends then queue_callback(record) end
     return 1
 end
 """
@@ -82,16 +86,16 @@ end
 assert RECORD_FIELDS[0] == "owner", "tell_owner reads the owner first"
 
 # KEYS: the meta, the stats hash, the job record. ARGV: the meta, its expiry in seconds
-# (0: none), how many record fields follow, those field and value pairs (set whether or
-# not the meta is, if the record is still there), then field and amount pairs to add
-# to the stats if the meta was stored.
+# (0: none), '1' if it ends the job, how many record fields follow, those field and value
+# pairs (set whether or not the meta is, if the record is still there), then field and
+# amount pairs to add to the stats if the meta was stored.
 STORE_STATE = (
     _STORE
     + """
-local stored = store(KEYS[1], ARGV[1], ARGV[2], KEYS[3])
-local last_field = 3 + 2 * tonumber(ARGV[3])
-if last_field > 3 and redis.call('EXISTS', KEYS[3]) == 1 then
-    for i = 4, last_field, 2 do
+local stored = store(KEYS[1], ARGV[1], ARGV[2], KEYS[3], ARGV[3] == '1')
+local last_field = 4 + 2 * tonumber(ARGV[4])
+if last_field > 4 and redis.call('EXISTS', KEYS[3]) == 1 then
+    for i = 5, last_field, 2 do
         redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1])
     end
 end
@@ -116,7 +120,7 @@ START = (
     _STORE
     + """
 if redis.call('HEXISTS', KEYS[1], ARGV[9]) == 1 then
-    store(KEYS[3], ARGV[10], ARGV[7], KEYS[1])
+    store(KEYS[3], ARGV[10], ARGV[7], KEYS[1], true)
     redis.call('ZREM', KEYS[2], ARGV[4])
     redis.call('HDEL', KEYS[4], ARGV[4])
     redis.call('HDEL', KEYS[5], ARGV[4])
@@ -126,12 +130,13 @@ redis.call('HSETNX', KEYS[1], 'started_at', ARGV[1])
 local attempt = redis.call('HINCRBY', KEYS[1], ARGV[2], 1)
 redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 redis.call('EXPIRE', KEYS[1], ARGV[3])
+keep_callback(KEYS[1], ARGV[3])
 redis.call('HSET', KEYS[1], 'expires_at', ARGV[11])
 -- A worker holds the message now: recovery's copy of it is not needed.
 redis.call('ZREM', KEYS[2], ARGV[4])
 redis.call('HDEL', KEYS[4], ARGV[4])
 redis.call('HDEL', KEYS[5], ARGV[4])
-store(KEYS[3], ARGV[5] .. attempt .. ARGV[6], ARGV[7], KEYS[1])
+store(KEYS[3], ARGV[5] .. attempt .. ARGV[6], ARGV[7], KEYS[1], false)
 local checkpoint = redis.call('HGET', KEYS[1], ARGV[8]) or ''
 return {attempt, checkpoint, redis.call('HGET', KEYS[1], 'owner') or ''}
 """
@@ -230,7 +235,8 @@ class JobResultBackend(RedisBackend):
         if len(value) > self._MAX_STR_VALUE_SIZE:
             message = "value too large for Redis backend"
             raise BackendStoreError(message, state=meta["status"], task_id=task_id)  # type: ignore[call-arg]
-        argv: list[str | int | float] = [value, int(expires or 0), len(fields)]
+        ends = "1" if meta["status"] in states.READY_STATES else "0"
+        argv: list[str | int | float] = [value, int(expires or 0), ends, len(fields)]
         for field, text in fields.items():
             argv += [field, text]
         for field, amount in stats.items():

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from jobql.jobs import (
     DEFAULT_QUEUE,
     META_PREFIX,
+    QUEUE_CALLBACK,
     RECORD_PREFIX,
     messages_key,
     missing_key,
@@ -35,6 +36,7 @@ BATCH = 500
 # is left as it is.
 PURGE_SCRIPT = (
     MESSAGE_PROPERTY
+    + QUEUE_CALLBACK
     + """
 local items = redis.call('RPOP', KEYS[1], ARGV[1])
 if not items then return {0, 0} end
@@ -53,6 +55,7 @@ for _, item in ipairs(items) do
         .. '"children": [], "date_done": "' .. ARGV[5] .. '", "task_id": "' .. id .. '"}'
       redis.call('SET', key, meta, 'EX', ARGV[4])
       redis.call('PUBLISH', key, meta)
+      queue_callback(ARGV[3] .. id)
       redis.call('HINCRBY', KEYS[4], 'finished:' .. kind .. ':REVOKED', 1)
       revoked = revoked + 1
     end

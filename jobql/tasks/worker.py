@@ -20,13 +20,23 @@ from typing import TYPE_CHECKING, Any, cast
 
 from celery import Celery, Task, bootsteps, signals
 from celery.exceptions import Ignore
+from kombu import Queue
 
-from jobql.jobs import DEFAULT_QUEUE, JobFailed, JobState, arguments_repr, utcnow
+from jobql.jobs import (
+    CALLBACK_QUEUE,
+    CALLBACK_TASK,
+    DEFAULT_QUEUE,
+    JobFailed,
+    JobState,
+    arguments_repr,
+    utcnow,
+)
 from jobql.kinds import JobCancelled, Kind, RetryLater, TaskContext
 from jobql.logs import configure_logging, current_job_id
 from jobql.registry import check_agreement
 from jobql.storage import JobFiles, create_storage, upload_name
 from jobql.tasks.backend import backend_url
+from jobql.tasks.callback import register_callback_task
 from jobql.tasks.housekeeping import housekeeping_step
 from jobql.tasks.mail import Mailer, create_mail_app
 
@@ -218,6 +228,10 @@ def create_worker_app(settings: Settings, kinds: Kinds) -> Celery:
         # Not the arguments in every state write: the backend stores what the API reads.
         result_extended=False,
         task_default_queue=DEFAULT_QUEUE,
+        # A worker takes jobs and callback deliveries (`-Q` picks one, for workers of
+        # their own); a delivery's retries go back to its queue.
+        task_queues=[Queue(DEFAULT_QUEUE), Queue(CALLBACK_QUEUE)],
+        task_routes={CALLBACK_TASK: {"queue": CALLBACK_QUEUE}},
         task_time_limit=settings.task_time_limit,
         task_soft_time_limit=settings.task_time_limit * 0.9,
         # At least once: a message is acknowledged only when its task has ended, and one
@@ -246,6 +260,7 @@ def create_worker_app(settings: Settings, kinds: Kinds) -> Celery:
         settings, Mailer(create_mail_app(settings), keepalive=settings.mail_keepalive), storage
     )
     _close_on_exit(deps.mailer)
+    register_callback_task(app, settings, kinds)
     for kind in kinds:
         app.task(
             bind=True,
