@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from jobql.auth import DEFAULT_TTL
+from jobql.jobs import JobState
+from jobql.listing import MAX_FIRST, MAX_WAIT_SECONDS
 from jobql.registry import BadKindModule, KindsDisagree, load_kinds
 from jobql.settings import MissingSecretKey, Settings
 
@@ -29,6 +31,9 @@ EXIT_OK = 0  # SUCCESS, or (without --wait) accepted
 EXIT_JOB_FAILED = 1  # FAILURE or REVOKED; `jobs get` of no such job
 EXIT_USAGE = 2  # bad arguments, or a GraphQL error the server answered with
 EXIT_UNAVAILABLE = 3  # cannot connect, or SERVICE_UNAVAILABLE or OVERLOADED
+EXIT_NOT_DONE = 4  # `jobs wait`: the job had not ended when the wait did
+
+DEFAULT_LIST_LIMIT = 20
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -125,12 +130,51 @@ def _parser(kinds: Kinds) -> argparse.ArgumentParser:
         command.set_defaults(run=_queue, queue_command=kind.command)
 
     jobs = commands.add_parser("jobs", help="look at jobs on a running server")
-    jobs_commands = jobs.add_subparsers(dest="jobs_command", metavar="{get}", required=True)
+    jobs_commands = jobs.add_subparsers(
+        dest="jobs_command", metavar="{get,list,cancel,wait}", required=True
+    )
     get = jobs_commands.add_parser("get", help="print a job as JSON (exit 1 if there is none)")
     get.add_argument("id", help="the job's id")
     _client_options(get, wait=False)
     get.set_defaults(run=_jobs_get)
+    listed = jobs_commands.add_parser("list", help="your jobs, newest first, one a line")
+    listed.add_argument("--state", choices=[state.value for state in JobState], type=str.upper)
+    listed.add_argument("--kind", choices=[kind.graphql_name for kind in kinds], type=str.upper)
+    listed.add_argument(
+        "--limit", type=_positive, default=DEFAULT_LIST_LIMIT, help="at most this many (20)"
+    )
+    _client_options(listed, wait=False)
+    listed.set_defaults(run=_jobs_list)
+    cancel = jobs_commands.add_parser(
+        "cancel", help="cancel a job; exit 0 if it ends REVOKED, 1 if it had ended otherwise"
+    )
+    cancel.add_argument("id", help="the job's id")
+    _client_options(cancel, wait=False)
+    cancel.set_defaults(run=_jobs_cancel)
+    wait = jobs_commands.add_parser(
+        "wait", help="wait for a job to end (waitForJob) and print it; exit as --wait does"
+    )
+    wait.add_argument("id", help="the job's id")
+    wait.add_argument(
+        "--timeout", type=_wait_seconds, default=30, help="seconds to wait, 1..60 (30)"
+    )
+    _client_options(wait, wait=False)
+    wait.set_defaults(run=_jobs_wait)
     return parser
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return value
+
+
+def _wait_seconds(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= MAX_WAIT_SECONDS:
+        raise argparse.ArgumentTypeError(f"must be 1..{MAX_WAIT_SECONDS}")
+    return value
 
 
 def _client_options(parser: argparse.ArgumentParser, wait: bool = True) -> None:
@@ -241,6 +285,53 @@ def _queue(args: argparse.Namespace, extra: list[str]) -> int:
     async def run(client: JobqlClient) -> int:
         job = await command.queue(client, args)
         return await _accepted(client, job, args.wait)
+
+    return _run_client(args, run)
+
+
+def _jobs_list(args: argparse.Namespace, extra: list[str]) -> int:
+    async def run(client: JobqlClient) -> int:
+        left, after = args.limit, None
+        while left > 0:
+            jobs, after = await client.list_jobs(
+                min(left, MAX_FIRST), after, state=args.state, kind=args.kind
+            )
+            for job in jobs:
+                print(f"{job['id']}  {job['kind']:<14} {job['state']:<8} {job['createdAt']}")
+            left -= len(jobs)
+            if after is None:
+                break
+        return EXIT_OK
+
+    return _run_client(args, run)
+
+
+def _jobs_cancel(args: argparse.Namespace, extra: list[str]) -> int:
+    async def run(client: JobqlClient) -> int:
+        job = await client.cancel_job(args.id)
+        if job is None:
+            print(f"jobql jobs cancel: no job {args.id} (none such, or not yours)", file=sys.stderr)
+            return EXIT_JOB_FAILED
+        print(f"job {job['id']} {job['state']}")
+        if job["state"] == "REVOKED":
+            return EXIT_OK
+        # It ended before the cancellation could stop it (an email already sent).
+        return EXIT_JOB_FAILED
+
+    return _run_client(args, run)
+
+
+def _jobs_wait(args: argparse.Namespace, extra: list[str]) -> int:
+    async def run(client: JobqlClient) -> int:
+        job = await client.wait_for_job(args.id, args.timeout)
+        if job is None:
+            print(f"jobql jobs wait: no job {args.id} (none such, or not yours)", file=sys.stderr)
+            return EXIT_JOB_FAILED
+        print(f"job {job['id']} {job['state']}")
+        if not job["done"]:
+            print(f"jobql jobs wait: not done after {args.timeout} s", file=sys.stderr)
+            return EXIT_NOT_DONE
+        return _report(client, job)
 
     return _run_client(args, run)
 

@@ -141,7 +141,22 @@ class JobqlClient:
         self._job_subscription = with_job_fields(
             "subscription FollowJob($id: ID!) { job(id: $id) { ...JobFields } }", self.kinds
         )
+        self._jobs_query = with_job_fields(
+            "query Jobs($first: Int, $after: String, $state: JobState, $kind: JobKind) "
+            "{ jobs(first: $first, after: $after, state: $state, kind: $kind) "
+            "{ edges { node { ...JobFields } } pageInfo { hasNextPage endCursor } } }",
+            self.kinds,
+        )
+        self._cancel_mutation = with_job_fields(
+            "mutation CancelJob($id: ID!) { cancelJob(id: $id) { ...JobFields } }", self.kinds
+        )
+        self._wait_query = with_job_fields(
+            "query WaitForJob($id: ID!, $timeout: Int) "
+            "{ waitForJob(id: $id, timeoutSeconds: $timeout) { ...JobFields } }",
+            self.kinds,
+        )
         self.connect_timeout = connect_timeout
+        self.timeout = timeout
         self._http = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout, connect=connect_timeout),
             headers={"Authorization": f"Bearer {token}"} if token else {},
@@ -216,6 +231,51 @@ class JobqlClient:
             json={"query": self._job_query, "operationName": "Job", "variables": {"id": job_id}}
         )
         return cast("JobData | None", data["job"])
+
+    async def list_jobs(
+        self,
+        first: int,
+        after: str | None = None,
+        state: str | None = None,
+        kind: str | None = None,
+    ) -> tuple[list[JobData], str | None]:
+        """A page of the caller's jobs, newest first, and the cursor of the next (None at
+        the end)."""
+        data = await self._post(
+            json={
+                "query": self._jobs_query,
+                "operationName": "Jobs",
+                "variables": {"first": first, "after": after, "state": state, "kind": kind},
+            }
+        )
+        page = data["jobs"]
+        jobs = [edge["node"] for edge in page["edges"]]
+        more = page["pageInfo"]["hasNextPage"]
+        return jobs, page["pageInfo"]["endCursor"] if more else None
+
+    async def cancel_job(self, job_id: str) -> JobData | None:
+        """`cancelJob`: the job as it is then, or None if there is no such job of the caller's."""
+        data = await self._post(
+            json={
+                "query": self._cancel_mutation,
+                "operationName": "CancelJob",
+                "variables": {"id": job_id},
+            }
+        )
+        return cast("JobData | None", data["cancelJob"])
+
+    async def wait_for_job(self, job_id: str, timeout_seconds: int) -> JobData | None:
+        """`waitForJob`: the job once done, or as it is after `timeout_seconds` (1..60)."""
+        data = await self._post(
+            json={
+                "query": self._wait_query,
+                "operationName": "WaitForJob",
+                "variables": {"id": job_id, "timeout": timeout_seconds},
+            },
+            # The server answers after up to `timeout_seconds`, then as any request.
+            timeout=httpx.Timeout(timeout_seconds + self.timeout, connect=self.connect_timeout),
+        )
+        return cast("JobData | None", data["waitForJob"])
 
     def describe(self, job: JobData) -> list[str]:
         """What to print of a finished job's result: its kind says."""

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from jobql.connections import AutoPipeline
 
 MAX_FIRST = 100
+MAX_WAIT_SECONDS = 60  # `waitForJob(timeoutSeconds:)` at most
 SCAN_BUDGET = 200  # index entries a page examines at most: about 1 ms of Redis time
 BATCH = 100  # index entries read from the index at a time
 _CURSOR_CONTEXT = b"jobql jobs cursor v1"

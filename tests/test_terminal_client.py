@@ -405,3 +405,140 @@ async def test_follow_waits_for_complete_before_hanging_up() -> None:
         await asyncio.sleep(0.1)
 
     assert open_when_complete_was_sent == [True]
+
+
+# --- jobs list, cancel, wait ----------------------------------------------------------------------
+
+
+def delayed_email(web: WebServer, user: str, seconds: int = 600) -> str:
+    """A welcome email queued to go in `seconds`: a job that stays queued."""
+    document = (
+        'mutation($email: String!) { sendWelcomeEmail(email: $email, username: "Ann", '
+        f"delaySeconds: {seconds}) {{ id }} }}"
+    )
+    answer = httpx.post(
+        web.http_url,
+        json={"query": document, "variables": {"email": unique_email()}},
+        headers={"Authorization": f"Bearer {token(user, SCOPE_SEND_EMAIL)}"},
+    )
+    return str(answer.json()["data"]["sendWelcomeEmail"]["id"])
+
+
+def list_lines(stdout: str) -> list[list[str]]:
+    return [line.split() for line in stdout.splitlines()]
+
+
+def test_jobs_list_prints_the_callers_jobs_newest_first(web: WebServer) -> None:
+    user = f"cli-list-{uuid.uuid4().hex[:6]}"
+    sent = []
+    for _ in range(3):
+        queued = jobql("send-welcome", unique_email(), "Ann", *server(web, user, SCOPE_SEND_EMAIL))
+        [(job_id, _)] = job_lines(queued.stdout)
+        sent.append(job_id)
+    queued_late = delayed_email(web, user)
+    jobql("send-welcome", unique_email(), "Bob", *server(web, "cli-someone-else", SCOPE_SEND_EMAIL))
+
+    everything = jobql("jobs", "list", *server(web, user))
+    assert everything.returncode == 0, everything.stderr
+    rows = list_lines(everything.stdout)
+    assert [row[0] for row in rows] == [queued_late, *reversed(sent)]
+    assert {row[1] for row in rows} == {"WELCOME_EMAIL"}
+
+    two = jobql("jobs", "list", "--limit", "2", *server(web, user))
+    assert [row[0] for row in list_lines(two.stdout)] == [queued_late, sent[-1]]
+    pending = jobql(
+        "jobs", "list", "--state", "pending", "--kind", "welcome_email", *server(web, user)
+    )
+    assert [row[0] for row in list_lines(pending.stdout)] == [queued_late]
+    assert jobql("jobs", "list", "--kind", "AVATAR", *server(web, user)).stdout == ""
+
+
+def test_jobs_list_pages_past_a_hundred(web: WebServer) -> None:
+    user = f"cli-many-{uuid.uuid4().hex[:6]}"
+    made = [delayed_email(web, user) for _ in range(103)]
+    done = jobql("jobs", "list", "--limit", "500", *server(web, user))
+    assert done.returncode == 0, done.stderr
+    assert sorted(row[0] for row in list_lines(done.stdout)) == sorted(made)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["list", "--limit", "0"], ["list", "--state", "LOST"], ["list", "--kind", "FAX"],
+     ["wait", UNKNOWN_ID, "--timeout", "61"], ["wait", UNKNOWN_ID, "--timeout", "0"],
+     ["cancel"], ["wait"]],
+)  # fmt: skip
+def test_jobs_commands_with_bad_arguments_exit_2(web: WebServer, args: list[str]) -> None:
+    done = jobql("jobs", *args, *server(web, "cli-backend"))
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert "usage:" in done.stderr
+    no_traceback(done)
+
+
+def test_jobs_cancel_ends_a_queued_job_revoked(web: WebServer) -> None:
+    job_id = delayed_email(web, "cli-cancel")
+
+    done = jobql("jobs", "cancel", job_id, *server(web, "cli-cancel"))
+
+    assert done.returncode == 0, done.stderr
+    assert job_lines(done.stdout) == [(job_id, "REVOKED")]
+    again = jobql("jobs", "cancel", job_id, *server(web, "cli-cancel"))
+    assert (again.returncode, job_lines(again.stdout)) == (0, [(job_id, "REVOKED")])
+
+
+def test_jobs_cancel_of_a_finished_unknown_or_someone_elses_job_exits_1(web: WebServer) -> None:
+    sent = jobql(
+        "send-welcome",
+        unique_email(),
+        "Ann",
+        "--wait",
+        *server(web, "cli-cancel", SCOPE_SEND_EMAIL),
+    )
+    [(finished, _), *_] = job_lines(sent.stdout)
+    queued = delayed_email(web, "cli-cancel")
+
+    done = jobql("jobs", "cancel", finished, *server(web, "cli-cancel"))
+    assert (done.returncode, job_lines(done.stdout)) == (1, [(finished, "SUCCESS")])
+    for user, wanted in (("cli-cancel", UNKNOWN_ID), ("cli-mallory", queued)):
+        refused = jobql("jobs", "cancel", wanted, *server(web, user))
+        assert refused.returncode == 1, refused.stderr
+        assert wanted in refused.stderr
+        no_traceback(refused)
+    assert jobql("jobs", "get", queued, *server(web, "cli-cancel")).returncode == 0
+    assert (
+        json.loads(jobql("jobs", "get", queued, *server(web, "cli-cancel")).stdout)["state"]
+        == "PENDING"
+    )
+
+
+def test_jobs_wait_prints_the_end_and_exits_as_wait_does(
+    web: WebServer, smtp_server: SmtpServer
+) -> None:
+    address = unique_email()
+    queued = jobql("send-welcome", address, "Ann", *server(web, "cli-wait", SCOPE_SEND_EMAIL))
+    [(job_id, _)] = job_lines(queued.stdout)
+    done = jobql("jobs", "wait", job_id, "--timeout", "30", *server(web, "cli-wait"))
+    assert done.returncode == 0, done.stderr
+    assert job_lines(done.stdout) == [(job_id, "SUCCESS")]
+    [received] = smtp_server.handler.to(address)
+    assert f"message-id: {received['Message-ID']}" in done.stdout.splitlines()
+
+    rejected = jobql(
+        "send-welcome", f"nobody@{REJECTING_DOMAIN}", "Ann",
+        *server(web, "cli-wait", SCOPE_SEND_EMAIL),
+    )  # fmt: skip
+    [(failing, _)] = job_lines(rejected.stdout)
+    failed = jobql("jobs", "wait", failing, *server(web, "cli-wait"))
+    assert failed.returncode == 1
+    assert "SMTP_REJECTED" in failed.stderr
+
+
+def test_jobs_wait_for_a_job_still_queued_exits_4(web: WebServer) -> None:
+    job_id = delayed_email(web, "cli-wait")
+    started = time.monotonic()
+    done = jobql("jobs", "wait", job_id, "--timeout", "1", *server(web, "cli-wait"))
+    assert done.returncode == 4, done.stderr
+    assert job_lines(done.stdout) == [(job_id, "PENDING")]
+    assert "not done after 1 s" in done.stderr
+    assert time.monotonic() - started >= 1
+    unknown = jobql("jobs", "wait", UNKNOWN_ID, "--timeout", "1", *server(web, "cli-wait"))
+    assert unknown.returncode == 1

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from jobql.errors import BadUserInput, ServiceUnavailable
 from jobql.jobs import TERMINAL_STATES, JobState, is_job_id, load_meta, meta_key
-from jobql.listing import MAX_FIRST, BadCursor
+from jobql.listing import MAX_FIRST, MAX_WAIT_SECONDS, BadCursor
 from jobql.resolvers.subscription import raise_if_lost
 from jobql.watcher import DataLost, WatchLost
 
@@ -24,7 +24,6 @@ if TYPE_CHECKING:
 
 DEFAULT_FIRST = 20
 DEFAULT_WAIT_SECONDS = 30
-MAX_WAIT_SECONDS = 60
 
 
 async def jobs(
