@@ -6,9 +6,9 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
+from jobql.children import ServerDidNotStart, stop_child, wait_until_ready
 from jobql.lifeline import die_with_parent
 
 
@@ -81,22 +81,17 @@ class RedisServer:
             start_new_session=True,
             preexec_fn=die_with_parent() if self.with_parent else None,
         )
-        deadline = time.monotonic() + timeout
-        while not self._answers():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"redis-server did not start on port {self.port}")
-            time.sleep(0.02)
+        process = self.process
+        try:
+            wait_until_ready(process, self._answers, timeout, f"redis-server on port {self.port}")
+        except ServerDidNotStart:
+            self.process = None
+            raise
 
     def stop(self) -> None:
         if self.process is None:
             return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_child(self.process)
         self.process = None
 
     def close(self) -> None:

@@ -9,13 +9,13 @@ import shutil
 import subprocess
 import sysconfig
 import tempfile
-import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
 
+from jobql.children import ServerDidNotStart, stop_child, wait_until_ready
 from jobql.lifeline import die_with_parent
 from jobql.redis_server import free_port
 
@@ -110,22 +110,17 @@ class S3Server:
                 start_new_session=True,
                 preexec_fn=die_with_parent() if self.with_parent else None,
             )
-        deadline = time.monotonic() + timeout
-        while not self._bucket_made():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"SeaweedFS did not start: see {self.log_path}")
-            time.sleep(0.1)
+        process = self.process
+        try:
+            wait_until_ready(process, self._bucket_made, timeout, f"SeaweedFS ({self.log_path})")
+        except ServerDidNotStart:
+            self.process = None
+            raise
 
     def stop(self) -> None:
         if self.process is None:
             return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=2)  # its graceful stop can take 10 s; the data is thrown away
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_child(self.process, grace=2)  # its graceful stop takes 10 s; the data is thrown away
         self.process = None
 
     def close(self) -> None:

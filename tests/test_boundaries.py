@@ -138,6 +138,7 @@ def test_the_module_list_is_complete() -> None:
         "jobql.http_deadline",
         "jobql.lifeline",
         "jobql.processes",
+        "jobql.children",  # the private servers' process handling
         "jobql.redis_server",
         "jobql.s3_server",  # `jobql dev --storage s3`
         "jobql.tasks.purge",  # `jobql purge`
