@@ -6,7 +6,8 @@ whichever process comes first) and remembers its value. A look is one round trip
 most every `JOBQL_DATA_LOSS_CHECK` seconds, whatever the number of jobs or subscribers:
 `SET NX` of a new value and `GET`. The key gone or changed means the data went with it,
 and the watcher tells every open watch, each of which then asks once after its own job
-(`jobql.resolvers.subscription`), which ends `JOB_LOST` if its record is gone.
+(`jobql.resolvers.subscription`), which ends `JOB_LOST` if its record is gone. Workers
+look too, and sweep the uploads of lost jobs at once (`jobql.tasks.housekeeping`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from typing import TYPE_CHECKING
 from redis.exceptions import RedisError
 
 if TYPE_CHECKING:
+    from redis import Redis
+
     from jobql.store import JobStore
     from jobql.watcher import JobWatcher
 
@@ -34,12 +37,26 @@ class DataEpoch:
 
     async def lost(self, store: JobStore) -> bool:
         """Whether Redis lost its data since the last look (False at the first)."""
-        made = secrets.token_hex(16).encode()
         _, current = await store.pipeline.execute(
-            ("SET", EPOCH_KEY, made, "NX"), ("GET", EPOCH_KEY)
+            ("SET", EPOCH_KEY, _new_epoch(), "NX"), ("GET", EPOCH_KEY)
         )
+        return self._changed(current)
+
+    def lost_now(self, client: Redis) -> bool:
+        """`lost`, with a blocking client (the worker's timers)."""
+        with client.pipeline(transaction=False) as pipe:
+            pipe.set(EPOCH_KEY, _new_epoch(), nx=True)
+            pipe.get(EPOCH_KEY)
+            _, current = pipe.execute()
+        return self._changed(current)
+
+    def _changed(self, current: bytes | None) -> bool:
         seen, self._seen = self._seen, current
         return seen is not None and current != seen
+
+
+def _new_epoch() -> bytes:
+    return secrets.token_hex(16).encode()
 
 
 async def watch_for_data_loss(

@@ -23,6 +23,7 @@ SHARED = {
     "jobql",
     "jobql.auth",  # the scope a kind's mutation asks for
     "jobql.callbacks",
+    "jobql.epoch",  # both look for Redis having lost its data
     "jobql.errors",
     "jobql.files",
     "jobql.image_formats",
@@ -56,7 +57,6 @@ WEB = SHARED | {
     "jobql.connections",
     "jobql.deadline",
     "jobql.downloads",
-    "jobql.epoch",
     "jobql.graphql_app",
     "jobql.health",
     "jobql.listing",

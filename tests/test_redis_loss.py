@@ -10,9 +10,12 @@ of the job), and jobs queued afterwards run as usual.
 from __future__ import annotations
 
 import asyncio
+import json
+import sys
 import time
 from typing import TYPE_CHECKING, Any
 
+import httpx
 import pytest
 from gql import gql
 from gql.transport.exceptions import TransportQueryError
@@ -20,9 +23,11 @@ from redis import Redis
 
 from jobql.auth import SCOPE_SEND_EMAIL
 from jobql.epoch import EPOCH_KEY
+from jobql.jobs import record_key
 from tests.conftest import token
 from tests.graphql_clients import execute, follow, http_client, ws_client
-from tests.support import SEND_WELCOME
+from tests.images import phone_photo
+from tests.support import SEND_WELCOME, Process, settings_env
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -34,6 +39,12 @@ pytestmark = pytest.mark.slow
 USER = "loss"
 WAIT = "query($id: ID!) { waitForJob(id: $id, timeoutSeconds: 60) { id state } }"
 FEED = "subscription { jobs { id state } }"
+UPLOAD = json.dumps(
+    {
+        "query": "mutation($file: Upload!) { uploadAvatar(file: $file) { id } }",
+        "variables": {"file": None},
+    }
+)
 # How long an end may take: the look's period (0.5 s here), the read, and a loaded machine.
 BOUND = 10.0
 
@@ -186,4 +197,37 @@ async def test_a_job_made_after_the_loss_is_not_taken_for_lost(stack: Stack) -> 
     async with asyncio.timeout(60):
         assert await following is None
     assert seen[-1]["state"] == "SUCCESS"
+    client.close()
+
+
+async def test_the_uploads_of_lost_jobs_are_swept_at_once(
+    make_stack: Callable[..., Stack],
+) -> None:
+    """Not after `JOBQL_SWEEP_MIN_AGE` (600 s here): once a worker sees the loss, any
+    upload older than a whole request may take and with no job record goes."""
+    stack = make_stack(data_loss_check=0.5, request_timeout=2.0, recover_after=600.0)
+    web = stack.start_web()
+    # A worker whose timers run, on a queue of its own: the avatar job stays queued.
+    command = [sys.executable, "-m", "jobql", "worker", "--concurrency", "1", "-Q", "idle"]
+    worker = Process(command, settings_env(stack.settings), stack.logs / "idle-worker.log")
+    stack.workers.append(worker)
+    worker.wait_for_log(" ready.")
+    incoming = stack.settings.media_root / "incoming"
+    answer = httpx.post(
+        web.http_url,
+        headers={"Authorization": f"Bearer {token(USER)}"},
+        data={"operations": UPLOAD, "map": '{"0": ["variables.file"]}'},
+        files={"0": ("photo.jpg", phone_photo(), "image/jpeg")},
+        timeout=30,
+    )
+    job_id = answer.json()["data"]["uploadAvatar"]["id"]
+    assert len(list(incoming.iterdir())) == 1
+    await asyncio.sleep(4.0)  # older than a request may take; its job is queued: kept
+    assert len(list(incoming.iterdir())) == 1
+
+    client = Redis.from_url(stack.settings.redis_url)
+    client.flushall()
+    await until(lambda: not list(incoming.iterdir()), within=BOUND)
+    assert "sweeping the uploads of the jobs lost" in worker.log
+    assert not client.exists(record_key(job_id))
     client.close()

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from celery import bootsteps
 from celery.worker import state
 
+from jobql.epoch import DataEpoch
 from jobql.stats import HEARTBEAT_SECONDS, RUNNING_KEY, WORKERS_KEY
 from jobql.tasks.recovery import recover_lost_jobs, take_lease
 from jobql.tasks.sweep import jobs_exist, jobs_over, sweep
@@ -40,6 +41,7 @@ def housekeeping_step(
             super().__init__(worker, **kwargs)
             self.timer_entries: list[Any] = []
             self.worker_name = ""
+            self.epoch = DataEpoch()
 
         def start(self, worker: Any) -> None:
             self.worker_name = str(worker.hostname)
@@ -48,6 +50,7 @@ def housekeeping_step(
                 worker.timer.call_repeatedly(HEARTBEAT_SECONDS, self.heartbeat),
                 worker.timer.call_repeatedly(settings.sweep_interval, self.sweep),
                 worker.timer.call_repeatedly(settings.recover_after / 2, self.recover),
+                worker.timer.call_repeatedly(settings.data_loss_check, self.look_for_data_loss),
             ]
 
         def stop(self, worker: Any) -> None:
@@ -73,14 +76,28 @@ def housekeeping_step(
             except Exception:  # tried again at the next beat
                 logger.warning("Worker heartbeat failed")
 
-        def sweep(self) -> None:
+        def look_for_data_loss(self) -> None:
+            """Redis lost its data: the uploads of the jobs lost with it go now, not after
+            `JOBQL_SWEEP_MIN_AGE`. Any older than a whole request may take
+            (`JOBQL_REQUEST_TIMEOUT`) with no job record is an orphan: its request ended."""
+            try:
+                lost = self.epoch.lost_now(client())
+            except Exception:  # looked at again next time
+                logger.warning("Could not look for Redis having lost its data")
+                return
+            if lost:
+                logger.error("Redis lost its data: sweeping the uploads of the jobs lost")
+                self.sweep(min_age=settings.request_timeout, uploads_only=True)
+
+        def sweep(self, min_age: float | None = None, uploads_only: bool = False) -> None:
             try:
                 removed = sweep(
                     storage,
                     kinds.file_areas,
-                    settings.sweep_min_age,
+                    settings.sweep_min_age if min_age is None else min_age,
                     lambda job_ids: jobs_over(client(), job_ids),
                     lambda job_ids: jobs_exist(client(), job_ids),
+                    uploads_only=uploads_only,
                 )
             except Exception:  # tried again at the next tick
                 logger.exception("Sweeping leftover files failed")

@@ -29,16 +29,20 @@ def sweep(
     jobs_over: Callable[[list[str]], set[str]],
     jobs_exist: Callable[[list[str]], set[str]],
     now: float | None = None,
+    uploads_only: bool = False,
 ) -> list[Leftover]:
     """Remove uploads whose job is over or unknown, half-written result files, and the
     private files of jobs that have expired (they can no longer be fetched by anyone).
 
     Only what is older than `min_age` seconds is touched, so that an upload whose job is
-    being queued right now is never taken for an orphan.
+    being queued right now is never taken for an orphan. `uploads_only`: leave the rest
+    (a result file being written now may be younger than a task's time limit).
     """
     cutoff = (time.time() if now is None else now) - min_age
     removed = []
     for batch in storage.leftovers(areas, older_than=cutoff):
+        if uploads_only:
+            batch = [leftover for leftover in batch if leftover.kind is LeftoverKind.UPLOAD]
         for leftover in _removable(batch, jobs_over, jobs_exist):
             storage.remove(leftover)
             removed.append(leftover)
