@@ -56,6 +56,9 @@ def run_dev(host: str, port: int, storage: str = "filesystem") -> int:
         raise Stop
 
     signal.signal(signal.SIGTERM, stop)
+    # Ctrl-C stops it even when it was started with SIGINT ignored, as a shell does for a
+    # job it puts in the background (`make run &`).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     with ExitStack() as stack:
         try:
             _check_can_start(host, port, env, storage)

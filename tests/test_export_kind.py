@@ -168,7 +168,9 @@ def test_the_schema_gains_only_what_the_example_adds(stack: Stack) -> None:
         timeout=60,
         check=True,
     ).stdout
-    assert "exportJobs(format: ExportFormat = CSV): Job!" in printed
+    # With the argument every kind's mutation gets: callbackUrl.
+    assert "  exportJobs(\n    format: ExportFormat = CSV\n" in printed
+    assert "    callbackUrl: String = null\n  ): Job!" in printed
     assert "union JobResult = AvatarResult | EmailResult | FileResult" in printed
     assert "type FileResult {\n  url: String!\n  sizeBytes: Int!\n  contentType: String!\n" in (
         printed

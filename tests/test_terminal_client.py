@@ -523,9 +523,10 @@ def test_jobs_wait_prints_the_end_and_exits_as_wait_does(
     assert f"message-id: {received['Message-ID']}" in done.stdout.splitlines()
 
     rejected = jobql(
-        "send-welcome", f"nobody@{REJECTING_DOMAIN}", "Ann",
+        "send-welcome", f"wait-{uuid.uuid4().hex}@{REJECTING_DOMAIN}", "Ann",
         *server(web, "cli-wait", SCOPE_SEND_EMAIL),
     )  # fmt: skip
+    assert rejected.returncode == 0, rejected.stderr
     [(failing, _)] = job_lines(rejected.stdout)
     failed = jobql("jobs", "wait", failing, *server(web, "cli-wait"))
     assert failed.returncode == 1
