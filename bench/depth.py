@@ -24,7 +24,15 @@ from redis import Redis
 
 from bench.harness import SECRET_KEY, Bench
 from jobql.connections import create_redis
-from jobql.jobs import DEFAULT_QUEUE, Dedupe, messages_key, owner_key, pending_key, record_key
+from jobql.jobs import (
+    DEFAULT_QUEUE,
+    Dedupe,
+    inputs_key,
+    messages_key,
+    owner_key,
+    pending_key,
+    record_key,
+)
 from jobql.settings import Settings
 from jobql.store import JobStore
 from jobql.tasks.recovery import UNACKED_INDEX_KEY, UNACKED_KEY
@@ -121,6 +129,7 @@ async def depth(bench: Bench, size: Size) -> dict[str, Any]:
         memory = {
             "per_job_bytes": used / size.backlog,
             "record_bytes": client.memory_usage(record_key(job_ids[-1])) or 0,
+            "inputs_bytes": client.memory_usage(inputs_key(job_ids[-1])) or 0,
             "dedupe_bytes": client.memory_usage(
                 f"jobql:welcome:deep-{size.backlog - 1}@example.com"
             )

@@ -142,12 +142,15 @@ class Bench:
         url = f"http://127.0.0.1:{port}"
         return self.start("reference-web", command, f"{url}/api/status/none"), url
 
-    def jobql_worker(self) -> Process:
+    def jobql_worker(self, s3: bool = False) -> Process:
+        """`s3`: its media in the run's S3 server (SeaweedFS), not on the filesystem."""
         command = [
             sys.executable, "-m", "jobql", "worker",
             "--concurrency", str(WORKER_CONCURRENCY), "--loglevel", "INFO",
         ]  # fmt: skip
-        return self.start("jobql-worker", command, " ready.", JOBQL_LOG_JSON="0")
+        env = self.s3_env() if s3 else {}
+        name = "jobql-worker-s3" if s3 else "jobql-worker"
+        return self.start(name, command, " ready.", JOBQL_LOG_JSON="0", **env)
 
     def reference_worker(self) -> Process:
         command = [

@@ -30,7 +30,7 @@ from jobql.connections import create_redis
 from jobql.images import ImageFormat, make_avatar
 from jobql.jobs import meta_key
 from jobql.settings import Settings
-from jobql.storage import write_atomically
+from jobql.storage import create_storage, write_atomically
 from jobql.store import JobStore
 
 if TYPE_CHECKING:
@@ -424,6 +424,31 @@ async def completion(bench: Bench, size: Size) -> dict[str, Any]:
             ids.append(job.id)
         return ids
 
+    s3_env = bench.s3_env()
+    # This process writes the photos into the bucket, as the web process would.
+    os.environ.update({name: value for name, value in s3_env.items() if name.startswith("AWS_")})
+    s3_storage = create_storage(
+        settings.model_copy(
+            update={
+                "storage": "s3",
+                "s3_bucket": s3_env["JOBQL_S3_BUCKET"],
+                "s3_endpoint_url": s3_env["JOBQL_S3_ENDPOINT_URL"],
+                "s3_region": s3_env["JOBQL_S3_REGION"],
+            }
+        )
+    )
+
+    async def ours_avatars_on_s3() -> list[str]:
+        ids = []
+        for _ in range(size.avatars):
+            upload = s3_storage.new_upload()
+            await upload.write(photo)
+            await upload.finish()
+            payload = {"incoming_name": upload.name, "size": 256, "quality": 85}
+            job = await store.enqueue("avatar", "bench", {**payload, "image_format": "JPEG"})
+            ids.append(job.id)
+        return ids
+
     async def theirs_emails() -> list[str]:
         return [send_welcome_email.delay(f"r{n}@example.com", "R").id for n in range(size.emails)]
 
@@ -446,13 +471,14 @@ async def completion(bench: Bench, size: Size) -> dict[str, Any]:
         theirs = await _drain(bench, bench.reference_worker, await theirs_avatars())
         runs["jobql"][-1]["avatars_per_second"] = ours
         runs["reference"][-1]["avatars_per_second"] = theirs
+        on_s3 = await _drain(
+            bench, partial(bench.jobql_worker, s3=True), await ours_avatars_on_s3()
+        )
+        runs["jobql"][-1]["avatars_s3_per_second"] = on_s3
     await redis.aclose()
     return {
         side: {
-            **{
-                name: statistics.median(run[name] for run in side_runs)
-                for name in ("emails_per_second", "avatars_per_second")
-            },
+            **{name: statistics.median(run[name] for run in side_runs) for name in side_runs[0]},
             "runs": side_runs,
         }
         for side, side_runs in runs.items()

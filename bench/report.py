@@ -109,7 +109,7 @@ def _processing(p: dict[str, Any]) -> list[Row]:
 
 def _completion(c: dict[str, Any]) -> list[Row]:
     ours, theirs = c["jobql"], c["reference"]
-    return [
+    rows = [
         _row(
             f"6. {label} to completion, one worker of concurrency 2",
             ours[key], theirs[key], "/s", ">= 1.0x", ours[key] >= theirs[key],
@@ -118,12 +118,19 @@ def _completion(c: dict[str, Any]) -> list[Row]:
             ("emails_per_second", "welcome emails"), ("avatars_per_second", "avatars")
         )
     ]  # fmt: skip
+    on_s3, on_disk = ours["avatars_s3_per_second"], ours["avatars_per_second"]
+    row = _row(
+        f"6. avatars to completion with media in S3 ({on_s3 / on_disk:.2f}x the filesystem's)",
+        on_s3, theirs["avatars_per_second"], "/s", "-", True,
+    )  # fmt: skip
+    return [*rows, (*row[:5], "-")]  # no target: reported beside the filesystem's
 
 
 def _depth(d: dict[str, Any]) -> list[Row]:
     limit = max(20.0, 2 * d["longest_ping_without_worker_ms"])
     memory = (
-        f"record {d['record_bytes']:.0f}, message copy {d['message_copy_bytes']:.0f}, "
+        f"record {d['record_bytes']:.0f}, inputs {d['inputs_bytes']:.0f}, "
+        f"message copy {d['message_copy_bytes']:.0f}, "
         f"pending index {d['pending_index_bytes']:.0f}, message {d['message_bytes']:.0f}, "
         f"owner index {d['owner_index_bytes']:.0f}, once-a-day key {d['dedupe_bytes']:.0f} B"
     )

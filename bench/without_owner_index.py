@@ -8,8 +8,9 @@ import sys
 import jobql.store
 from jobql.cli import main
 
-# jobql.store.ENQUEUE_SCRIPT less the owner's index (ZADD, trim, EXPIRE) and PUBLISH; the
-# arguments are the same, so the same JobStore calls it.
+# jobql.store.ENQUEUE_SCRIPT less the owner's index (ZADD, trim, EXPIRE) and PUBLISH (and
+# the idempotency keys and callbacks the benchmark does not use); the arguments are the
+# same, so the same JobStore calls it.
 WITHOUT_OWNER_INDEX = """
 if redis.call('EXISTS', KEYS[2]) == 1 then return false end
 if KEYS[1] ~= '' then
@@ -17,8 +18,9 @@ if KEYS[1] ~= '' then
   if earlier then return earlier end
   redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 end
-redis.call('HSET', KEYS[2], unpack(ARGV, 11))
+redis.call('HSET', KEYS[2], unpack(ARGV, 16))
 redis.call('EXPIRE', KEYS[2], ARGV[3])
+redis.call('SET', KEYS[10], ARGV[15], 'EX', ARGV[3])
 redis.call('ZADD', KEYS[4], ARGV[5], ARGV[1])
 redis.call('HSET', KEYS[7], ARGV[1], ARGV[4])
 redis.call('LPUSH', KEYS[3], ARGV[4])

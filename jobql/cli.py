@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 # How a client command ended: its exit status.
 EXIT_OK = 0  # SUCCESS, or (without --wait) accepted
-EXIT_JOB_FAILED = 1  # FAILURE or REVOKED; `jobs get` of no such job
+EXIT_JOB_FAILED = 1  # FAILURE or REVOKED; no such job (`jobs get`, `cancel`, `retry`, `wait`)
 EXIT_USAGE = 2  # bad arguments, or a GraphQL error the server answered with
 EXIT_UNAVAILABLE = 3  # cannot connect, or SERVICE_UNAVAILABLE or OVERLOADED
 EXIT_NOT_DONE = 4  # `jobs wait`: the job had not ended when the wait did
@@ -131,7 +131,7 @@ def _parser(kinds: Kinds) -> argparse.ArgumentParser:
 
     jobs = commands.add_parser("jobs", help="look at jobs on a running server")
     jobs_commands = jobs.add_subparsers(
-        dest="jobs_command", metavar="{get,list,cancel,wait}", required=True
+        dest="jobs_command", metavar="{get,list,cancel,retry,wait}", required=True
     )
     get = jobs_commands.add_parser("get", help="print a job as JSON (exit 1 if there is none)")
     get.add_argument("id", help="the job's id")
@@ -151,6 +151,12 @@ def _parser(kinds: Kinds) -> argparse.ArgumentParser:
     cancel.add_argument("id", help="the job's id")
     _client_options(cancel, wait=False)
     cancel.set_defaults(run=_jobs_cancel)
+    retry = jobs_commands.add_parser(
+        "retry", help="queue again a job that failed (retryable) or was cancelled"
+    )
+    retry.add_argument("id", help="the job's id")
+    _client_options(retry)
+    retry.set_defaults(run=_jobs_retry)
     wait = jobs_commands.add_parser(
         "wait", help="wait for a job to end (waitForJob) and print it; exit as --wait does"
     )
@@ -317,6 +323,22 @@ def _jobs_cancel(args: argparse.Namespace, extra: list[str]) -> int:
             return EXIT_OK
         # It ended before the cancellation could stop it (an email already sent).
         return EXIT_JOB_FAILED
+
+    return _run_client(args, run)
+
+
+def _jobs_retry(args: argparse.Namespace, extra: list[str]) -> int:
+    async def run(client: JobqlClient) -> int:
+        from jobql.client import NOT_FOUND, ApiError
+
+        try:
+            job = await client.retry_job(args.id)
+        except ApiError as exc:
+            if exc.code != NOT_FOUND:
+                raise
+            print(f"jobql jobs retry: no job {args.id} (none such, or not yours)", file=sys.stderr)
+            return EXIT_JOB_FAILED
+        return await _accepted(client, job, args.wait)
 
     return _run_client(args, run)
 

@@ -41,6 +41,7 @@ DEFAULT_URL = "http://127.0.0.1:8000/graphql"
 GRAPHQL_TRANSPORT_WS = Subprotocol("graphql-transport-ws")
 SERVICE_UNAVAILABLE = "SERVICE_UNAVAILABLE"
 OVERLOADED = "OVERLOADED"
+NOT_FOUND = "NOT_FOUND"
 UNAUTHENTICATED = "UNAUTHENTICATED"
 
 
@@ -149,6 +150,9 @@ class JobqlClient:
         )
         self._cancel_mutation = with_job_fields(
             "mutation CancelJob($id: ID!) { cancelJob(id: $id) { ...JobFields } }", self.kinds
+        )
+        self._retry_mutation = with_job_fields(
+            "mutation RetryJob($id: ID!) { retryJob(id: $id) { ...JobFields } }", self.kinds
         )
         self._wait_query = with_job_fields(
             "query WaitForJob($id: ID!, $timeout: Int) "
@@ -263,6 +267,18 @@ class JobqlClient:
             }
         )
         return cast("JobData | None", data["cancelJob"])
+
+    async def retry_job(self, job_id: str) -> JobData:
+        """`retryJob`: the new job that retries `job_id` (`ApiError` NOT_FOUND if there is no
+        such job of the caller's, BAD_USER_INPUT if it cannot be retried)."""
+        data = await self._post(
+            json={
+                "query": self._retry_mutation,
+                "operationName": "RetryJob",
+                "variables": {"id": job_id},
+            }
+        )
+        return cast("JobData", data["retryJob"])
 
     async def wait_for_job(self, job_id: str, timeout_seconds: int) -> JobData | None:
         """`waitForJob`: the job once done, or as it is after `timeout_seconds` (1..60)."""

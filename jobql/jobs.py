@@ -31,11 +31,21 @@ MESSAGES_PREFIX = "jobql:messages:"
 MISSING_PREFIX = "jobql:missing:"
 # What a snapshot needs of a job record (not the fields only the worker and recovery use).
 # `attempts` counts the deliveries a worker started; `expires_at` is when the record
-# expires, rewritten whenever its expiry is.
-RECORD_FIELDS = ("owner", "kind", "created_at", "started_at", "attempts", "expires_at")
+# expires, rewritten whenever its expiry is; `retry_of` is the job a `retryJob` made this
+# one from.
+RECORD_FIELDS = (
+    "owner", "kind", "created_at", "started_at", "attempts", "expires_at", "retry_of",
+)  # fmt: skip
 # Per owner, their jobs scored by creation time: what `jobs` and a kind read to list a
 # user's jobs.
 OWNER_PREFIX = "jobql:owner:"
+# Per job, what it was given (its task's keyword arguments, as JSON), so that `retryJob`
+# can queue it again: kept as long as the record, and dropped when the job ends in a way
+# no retry would change (SUCCESS, or a FAILURE that is not retryable). Beside the record,
+# not in it, so that the record stays a small listpack.
+INPUTS_PREFIX = "jobql:inputs:"
+# Per job that a `retryJob` has retried: the retry's id (a second `retryJob` answers with it).
+RETRIED_PREFIX = "jobql:retried:"
 # Per owner, a pub/sub channel that carries every state write of each of their jobs (as
 # an `owner_event`), besides the job's own channel.
 OWNER_EVENTS_PREFIX = "jobql:owner-events:"
@@ -131,12 +141,19 @@ class JobSnapshot:
     finished_at: datetime | None = None
     progress: int | None = None
     attempts: int = 0
+    retry_of: str | None = None
     result: dict[str, Any] | None = None
     error: JobError | None = None
 
     @property
     def done(self) -> bool:
         return self.state in TERMINAL_STATES
+
+    @property
+    def retryable(self) -> bool:
+        """Whether it ended in a way that `retryJob` may try again (FAILURE marked
+        retryable, or REVOKED)."""
+        return self.error is not None and self.error.retryable
 
 
 def record_key(job_id: str) -> str:
@@ -157,6 +174,14 @@ def messages_key(queue: str) -> str:
 
 def missing_key(queue: str) -> str:
     return f"{MISSING_PREFIX}{queue}"
+
+
+def inputs_key(job_id: str) -> str:
+    return f"{INPUTS_PREFIX}{job_id}"
+
+
+def retried_key(job_id: str) -> str:
+    return f"{RETRIED_PREFIX}{job_id}"
 
 
 def owner_key(owner: str) -> str:
@@ -239,13 +264,18 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def new_record(kind: str, owner: str, created_at: datetime, expires_at: datetime) -> dict[str, str]:
-    return {
+def new_record(
+    kind: str, owner: str, created_at: datetime, expires_at: datetime, retry_of: str | None = None
+) -> dict[str, str]:
+    record = {
         "owner": owner,
         "kind": kind,
         "created_at": created_at.isoformat(),
         "expires_at": expires_at.isoformat(),
     }
+    if retry_of is not None:
+        record["retry_of"] = retry_of
+    return record
 
 
 def load_meta(raw: bytes | str | None) -> dict[str, Any] | None:
@@ -268,6 +298,7 @@ def snapshot(job_id: str, record: dict[str, str], meta: dict[str, Any] | None) -
         expires_at=_parse_time(record.get("expires_at")) or created_at,
         started_at=_parse_time(record.get("started_at")),
         attempts=int(record.get("attempts") or 0),
+        retry_of=record.get("retry_of") or None,
     )
     if meta is None:
         return base
@@ -282,6 +313,7 @@ def snapshot(job_id: str, record: dict[str, str], meta: dict[str, Any] | None) -
         expires_at=base.expires_at,
         started_at=base.started_at,
         attempts=base.attempts,
+        retry_of=base.retry_of,
         finished_at=_parse_time(meta.get("date_done")) if state in TERMINAL_STATES else None,
         progress=_progress(state, result),
         result=result if state is JobState.SUCCESS and isinstance(result, dict) else None,
@@ -312,7 +344,7 @@ def job_error(state: JobState, result: object) -> JobError | None:
         args = result.get("exc_message")
         if (
             result.get("exc_type") == JobFailed.__name__
-            and isinstance(args, list)
+            and isinstance(args, list | tuple)  # a tuple before it is JSON
             and len(args) == 3
         ):
             return JobError(str(args[0]), str(args[1]), bool(args[2]))

@@ -6,8 +6,9 @@ same moment (`AutoPipeline`).
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from jobql.callbacks import CALLBACK_FIELDS, CallbackStatus, callback_status
 from jobql.connections import AutoPipeline, text
@@ -25,6 +26,7 @@ from jobql.jobs import (
     Idempotency,
     JobSnapshot,
     callback_key,
+    inputs_key,
     is_job_id,
     load_meta,
     messages_key,
@@ -58,7 +60,8 @@ NO_SUCH_JOB = "00000000-0000-0000-0000-000000000000"
 # worker starts the job, outside the record so that the record stays a small listpack),
 # queue the task message, count it as accepted, add it to its owner's jobs and tell the
 # owner's channel; with KEYS[9] (a callback hash), keep the callback URL and the message
-# of its delivery task there, for the script that ends the job to queue. Returns the
+# of its delivery task there, for the script that ends the job to queue; and keep what
+# the job was given (ARGV[15]) in KEYS[10], for `retryJob`. Returns the
 # earlier job's id, or false. A job whose record exists is queued already: a pipeline
 # sent again after its connection broke must not queue it twice.
 #
@@ -80,8 +83,9 @@ if KEYS[9] ~= '' then
   redis.call('HSET', KEYS[9], 'url', ARGV[13], 'message', ARGV[14], 'attempts', 0)
   redis.call('EXPIRE', KEYS[9], ARGV[3])
 end
-redis.call('HSET', KEYS[2], unpack(ARGV, 15))
+redis.call('HSET', KEYS[2], unpack(ARGV, 16))
 redis.call('EXPIRE', KEYS[2], ARGV[3])
+redis.call('SET', KEYS[10], ARGV[15], 'EX', ARGV[3])
 redis.call('ZADD', KEYS[4], ARGV[5], ARGV[1])
 redis.call('HSET', KEYS[7], ARGV[1], ARGV[4])
 redis.call('LPUSH', KEYS[3], ARGV[4])
@@ -165,18 +169,20 @@ class JobStore:
         dedupe: Dedupe | None = None,
         idempotency: Idempotency | None = None,
         callback_url: str | None = None,
+        retry_of: str | None = None,
     ) -> JobSnapshot:
         """Write the job record and queue its task, both or neither, in one round trip.
 
         With `delay`, a worker starts the task no sooner than that from now. With
         `dedupe`, raises `AlreadyQueued` when an earlier job holds the key. With
         `callback_url` (checked already), the job's end queues a task that POSTs it there.
+        `retry_of` is the job this one retries.
         """
         job_id = job_id or new_job_id()
         created_at = utcnow()
         eta = created_at + delay if delay else None
         kept = timedelta(seconds=self.result_expires)
-        record = new_record(kind, owner, created_at, created_at + kept)
+        record = new_record(kind, owner, created_at, created_at + kept, retry_of)
         # Past this, a worker that takes the message marks the job REVOKED (Celery's
         # `expires`): a backlog that clears late does not run stale jobs.
         expires = (eta or created_at) + timedelta(seconds=self.queue_ttl)
@@ -191,6 +197,7 @@ class JobStore:
             messages_key(self.queue),
             idempotency.key if idempotency else "",
             callback_key(job_id) if callback_url else "",
+            inputs_key(job_id),
         ]
         # The delivery's id is its task's: the same on every attempt.
         delivery = (
@@ -213,6 +220,7 @@ class JobStore:
             int(idempotency.ttl.total_seconds()) if idempotency else 0,
             callback_url or "",
             delivery,
+            json.dumps(kwargs),
             *(part for pair in record.items() for part in pair),
         ]
         # EVAL rather than EVALSHA: Redis keeps the compiled script either way, and a
@@ -239,6 +247,11 @@ class JobStore:
         args = [owner, meta, job_id, self.result_expires, CANCELLED_FIELD]
         [mine] = await self._pipeline.execute(("EVAL", CANCEL_SCRIPT, len(keys), *keys, *args))
         return await self.get(job_id, owner) if mine else None
+
+    async def inputs(self, job_id: str) -> dict[str, Any] | None:
+        """What the job was given (its task's keyword arguments), while they are kept."""
+        [raw] = await self._pipeline.execute(("GET", inputs_key(job_id)))
+        return None if raw is None else cast("dict[str, Any]", json.loads(raw))
 
     async def get(self, job_id: str, owner: str) -> JobSnapshot | None:
         """The job, or None when it does not exist, has expired or is not `owner`'s."""

@@ -21,7 +21,7 @@ def test_bench_smoke_run_measures_every_part(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr[-3000:]
     rows = [line for line in done.stdout.splitlines() if line.startswith("| ")]
-    assert len(rows) == 1 + 19  # the header, and one row per figure
+    assert len(rows) == 1 + 20  # the header, and one row per figure
     assert "VOID" not in done.stdout
     figures = json.loads((tmp_path / "latest.json").read_text())
     assert figures["smoke"] is True
@@ -29,6 +29,7 @@ def test_bench_smoke_run_measures_every_part(tmp_path: Path) -> None:
         assert figures["enqueue"][side]["requests"] > 0
         assert figures["enqueue"][side]["errors"] == 0
         assert figures["completion"][side]["emails_per_second"] > 0
+    assert figures["completion"]["jobql"]["avatars_s3_per_second"] > 0
     assert 0 < figures["freshness"]["20"]["p99_ms"] < figures["freshness"]["reference"]["p99_ms"]
     assert figures["processing"]["jpeg_12mp"]["jobql_ms"] > 0
     assert figures["upload_ack"]["png_17mb"]["jobql_s3"]["median_ms"] > 0

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from playwright.async_api import FilePayload, async_playwright, expect
+from playwright.async_api import FilePayload, Locator, async_playwright, expect
 
 from jobql.auth import SCOPE_SEND_EMAIL
 from jobql.dev import graphiql_url
@@ -153,11 +153,17 @@ async def open_page(browser: Browser, *, width: int = 1280, height: int = 800) -
     return watched
 
 
-async def screenshot(page: Page, name: str, *, full_page: bool = False, docs: bool = True) -> None:
-    """Into the test run's output, and (`docs`) into docs/screenshots/ for the README."""
+async def screenshot(
+    page: Page | Locator, name: str, *, full_page: bool = False, docs: bool = True
+) -> None:
+    """Into the test run's output, and (`docs`) into docs/screenshots/ for the README; of
+    the page, or of one part of it (a locator)."""
     for folder in (OUTPUT, SCREENSHOTS) if docs else (OUTPUT,):
         folder.mkdir(parents=True, exist_ok=True)
-        await page.screenshot(path=folder / name, full_page=full_page)
+        if isinstance(page, Locator):
+            await page.screenshot(path=folder / name)
+        else:
+            await page.screenshot(path=folder / name, full_page=full_page)
 
 
 def require_vendor_files() -> None:
@@ -197,15 +203,15 @@ async def response_text(page: Page) -> str:
     return value
 
 
-async def queue_welcome_email(web: WebServer, bearer: str) -> str:
-    mutation = """mutation Send($email: String!) {
-      sendWelcomeEmail(email: $email, username: "Browser") { id state }
+async def queue_welcome_email(web: WebServer, bearer: str, delay_seconds: int = 0) -> str:
+    mutation = """mutation Send($email: String!, $delay: Int!) {
+      sendWelcomeEmail(email: $email, username: "Browser", delaySeconds: $delay) { id state }
     }"""
     email = f"browser-{uuid.uuid4().hex[:8]}@example.com"
     async with httpx.AsyncClient(timeout=10) as client:
         response = await client.post(
             web.http_url,
-            json={"query": mutation, "variables": {"email": email}},
+            json={"query": mutation, "variables": {"email": email, "delay": delay_seconds}},
             headers={"Authorization": f"Bearer {bearer}"},
         )
     body = response.json()
@@ -307,9 +313,12 @@ async def test_job_page_uploads_and_follows_the_job_to_the_avatar(
     assert uuid.UUID(job_id or "")
     history = await page.locator("#history li").all_text_contents()
     assert "SUCCESS" in history[-1] and len(history) >= 2, history
+    # Two WebSockets: the job's subscription and "Your jobs"'s feed, each with the token.
     assert [frame.get("payload") for frame in watched.connection_inits()] == [
         {"Authorization": f"Bearer {bearer}"}
-    ]
+    ] * 2
+    # "Your jobs" saw the new job through its feed and shows how it ended.
+    await expect(your_job(page, job_id or "")).to_contain_text("SUCCESS")
     await page.evaluate("document.activeElement.blur()")
     await screenshot(page, "job-page.png", full_page=True)
 
@@ -317,6 +326,81 @@ async def test_job_page_uploads_and_follows_the_job_to_the_avatar(
     await page.reload()
     await expect(page.get_by_label("Bearer token")).to_have_value(bearer)
     watched.assert_clean()
+    await page.context.close()
+
+
+def your_job(page: Page, job_id: str) -> Locator:
+    """The row of "Your jobs" that shows `job_id`."""
+    return page.locator(f'#jobs-rows tr[data-job-id="{job_id}"]')
+
+
+async def test_your_jobs_lists_follows_cancels_and_retries(
+    browser: Browser, web: WebServer
+) -> None:
+    require_vendor_files()
+    bearer = token(f"browser-jobs-{uuid.uuid4().hex[:6]}", SCOPE_SEND_EMAIL)
+    later = await queue_welcome_email(web, bearer, delay_seconds=600)  # stays queued
+    sent = await queue_welcome_email(web, bearer)
+    someone_elses = await queue_welcome_email(web, token("browser-jobs-other", SCOPE_SEND_EMAIL))
+    watched = await open_page(browser, width=900, height=1200)
+    page = watched.page
+    await page.goto(web.url("/"))
+    await expect(page.locator("#jobs-status")).to_have_text(
+        "Paste a bearer token to see your jobs."
+    )
+
+    await page.get_by_label("Bearer token").fill(bearer)
+
+    # Newest first, from the `jobs` query; nobody else's.
+    await expect(your_job(page, sent)).to_contain_text("SUCCESS")
+    await expect(page.locator("#jobs-rows tr")).to_have_count(2)
+    ids = await page.locator("#jobs-rows tr").evaluate_all("rows => rows.map(r => r.dataset.jobId)")
+    assert ids == [sent, later]
+    assert await your_job(page, someone_elses).count() == 0
+    await expect(your_job(page, sent).get_by_role("button")).to_have_count(0)  # nothing to do
+
+    # A job made elsewhere appears, pushed by the `jobs` subscription.
+    made_elsewhere = await queue_welcome_email(web, bearer)
+    await expect(your_job(page, made_elsewhere)).to_contain_text("SUCCESS")
+
+    # Cancel ends the queued one REVOKED; Retry queues it again, and the retry runs.
+    await your_job(page, later).get_by_role("button", name=f"Cancel job {later}").click()
+    await expect(your_job(page, later)).to_contain_text("REVOKED")
+    await expect(your_job(page, later)).to_contain_text("CANCELLED")
+    await your_job(page, later).get_by_role("button", name=f"Retry job {later}").click()
+    retry = page.locator("#jobs-rows tr").first
+    await expect(retry).to_contain_text(f"retry of {later[:8]}")
+    await expect(retry).to_contain_text("SUCCESS")
+    retry_id = await retry.get_attribute("data-job-id")
+    assert retry_id not in (None, later, sent, made_elsewhere)
+    await expect(page.locator("#jobs-error")).to_be_empty()
+    await page.evaluate("document.activeElement.blur()")
+    await screenshot(page.locator("section[aria-labelledby=jobs-heading]"), "your-jobs.png")
+
+    # A second Retry of the same job answers with the same retry: still one row for it.
+    await page.reload()
+    again = your_job(page, later).get_by_role("button", name=f"Retry job {later}")
+    async with page.expect_response(
+        lambda response: "RetryJob" in (response.request.post_data or "")
+    ) as answered:
+        await again.click()
+    body = await (await answered.value).json()
+    assert body["data"]["retryJob"]["id"] == retry_id, body
+    await expect(page.locator("#jobs-rows tr")).to_have_count(4)
+    await expect(page.locator("#jobs-error")).to_be_empty()
+    watched.assert_clean()
+    await page.context.close()
+
+
+async def test_your_jobs_shows_the_servers_error(browser: Browser, web: WebServer) -> None:
+    require_vendor_files()
+    watched = await open_page(browser)
+    page = watched.page
+    await page.goto(web.url("/"))
+    await page.get_by_label("Bearer token").fill("not-a-token")
+    await expect(page.locator("#jobs-error")).to_contain_text("UNAUTHENTICATED")
+    await expect(page.locator("#jobs")).to_be_hidden()
+    assert watched.page_errors == []
     await page.context.close()
 
 

@@ -227,7 +227,8 @@ async def test_running_avatar_stops_at_its_next_checkpoint(
     assert events[-1]["result"] is None
     avatars = stack.settings.media_root / "avatars"
     assert not avatars.exists() or not any(avatars.glob(f"{job_id}.*"))
-    assert not (stack.settings.media_root / "incoming" / f"{job_id}.upload").exists()
+    # The upload is kept, for retryJob, until the job expires.
+    assert (stack.settings.media_root / "incoming" / f"{job_id}.upload").exists()
     # No worker process was killed: the same worker serves the next job.
     assert worker.popen.poll() is None
     await drain(stack, web)

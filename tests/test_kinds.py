@@ -177,7 +177,8 @@ def test_avatar_body_stops_at_the_checkpoint_after_a_cancellation(
 
     assert checks == [1]
     assert not (tmp_path / "avatars" / f"{job_id}.png").exists()
-    assert not (settings.media_root / "incoming" / f"{job_id}.upload").exists()
+    # Kept, for retryJob: the job ends REVOKED, which may be retried.
+    assert (settings.media_root / "incoming" / f"{job_id}.upload").exists()
 
 
 def test_avatar_body_runs_as_a_plain_function(

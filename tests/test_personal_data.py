@@ -31,7 +31,7 @@ from celery import Celery
 
 from jobql.auth import SCOPE_SEND_EMAIL
 from jobql.client import JOB_QUERY
-from jobql.jobs import DEFAULT_QUEUE, messages_key, meta_key, owner_events
+from jobql.jobs import DEFAULT_QUEUE, inputs_key, messages_key, meta_key, owner_events
 from jobql.tasks.recovery import UNACKED_KEY
 from tests.conftest import token
 from tests.graphql_clients import execute, http_client
@@ -211,7 +211,9 @@ async def test_addresses_and_names_are_only_where_the_readme_says(stack: Stack) 
                 jobs[address] = answer["sendWelcomeEmail"]["id"]
             queued = places(read_every_key(client), everything)
         deferred_id, refused_id, given_up_id = jobs[deferred], jobs[refused], jobs[given_up]
-        assert {k for k in queued if not key_is_a_queue(k)} <= MESSAGE_KEYS, queued
+        # And in what each job was given, kept for retryJob.
+        inputs = {inputs_key(job_id) for job_id in jobs.values()}
+        assert {k for k in queued if not key_is_a_queue(k)} <= MESSAGE_KEYS | inputs, queued
         # The search does find them where they are (inside the messages' base64 bodies).
         assert set().union(*queued.values()) == set(everything), queued
 
@@ -220,7 +222,7 @@ async def test_addresses_and_names_are_only_where_the_readme_says(stack: Stack) 
         with worker.paused():
             waiting = places(read_every_key(client), everything)
             assert status(client, deferred_id) == "RETRY", "the retry ran before the look"
-        assert {k for k in waiting if not key_is_a_queue(k)} <= MESSAGE_KEYS, waiting
+        assert {k for k in waiting if not key_is_a_queue(k)} <= MESSAGE_KEYS | inputs, waiting
         assert {deferred, deferred_name} <= set().union(*waiting.values()), waiting
 
         # 3. Both ended.
@@ -239,9 +241,14 @@ async def test_addresses_and_names_are_only_where_the_readme_says(stack: Stack) 
         answer = await execute(sender, JOB_QUERY, id=deferred_id)
         given_up_answer = await execute(sender, JOB_QUERY, id=given_up_id)
 
-    # The address is kept where the API reads it (EmailResult.recipient), and only there.
+    # The address is kept where the API reads it (EmailResult.recipient), and in what a job
+    # that retryJob may retry was given (SMTP_UNAVAILABLE is retryable): nowhere else.
     assert answer["job"]["result"]["recipient"] == deferred
-    assert ended == {meta_key(deferred_id): {deferred}}, ended
+    assert ended == {
+        meta_key(deferred_id): {deferred},
+        inputs_key(given_up_id): {given_up, given_up_name},
+    }, ended
+    assert 0 < client.ttl(inputs_key(given_up_id)) <= stack.settings.result_expires
     ttl = client.ttl(meta_key(deferred_id))
     assert 0 < ttl <= stack.settings.result_expires
     assert len(stack.smtp.handler.to(deferred)) == 1

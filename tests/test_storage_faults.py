@@ -325,10 +325,8 @@ async def test_an_avatar_the_worker_cannot_write_ends_storage_unavailable_after_
     assert "STORAGE_UNAVAILABLE" in worker_log
     assert "Traceback" not in worker_log
     fault.fix(stack.settings, mount_point)
-    if fault.name == "full":  # the upload is removed with the job's end
-        assert files_under(stack.settings) == []
-    else:  # it could not be removed from a read-only file system: the sweep will
-        assert files_under(stack.settings) == [f"incoming/{job_id}.upload"]
+    # The job ended retryable: its upload is kept, for retryJob, until the job expires.
+    assert files_under(stack.settings) == [f"incoming/{job_id}.upload"]
 
 
 async def test_an_avatar_that_could_not_be_written_is_made_once_there_is_room(

@@ -217,15 +217,35 @@ def test_job_with_a_record_and_running_meta_is_not_over(
     [
         (JobState.SUCCESS, {"url": "/media/avatars/x.webp"}),
         (JobState.FAILURE, {"exc_type": "JobFailed", "exc_message": ["BAD", "bad", False]}),
-        (JobState.REVOKED, None),
+        (JobState.FAILURE, {"exc_type": "ValueError", "exc_message": []}),  # INTERNAL
     ],
 )
-def test_job_with_a_record_and_terminal_meta_is_over(
+def test_job_that_ended_for_good_is_over(
     client: redis.Redis, job_id: str, state: JobState, result: object
 ) -> None:
     write_record(client, job_id)
     write_meta(client, job_id, state, result)
 
+    assert jobs_over(client, [job_id]) == {job_id}
+
+
+@pytest.mark.parametrize(
+    ("state", "result"),
+    [
+        (JobState.REVOKED, None),
+        (JobState.REVOKED, {"code": "CANCELLED", "message": "The job was cancelled."}),
+        (JobState.FAILURE, {"exc_type": "JobFailed", "exc_message": ["DOWN", "down", True]}),
+        (JobState.FAILURE, {"exc_type": "TimeLimitExceeded", "exc_message": []}),
+    ],
+)
+def test_job_that_retryjob_may_retry_keeps_its_upload_until_it_expires(
+    client: redis.Redis, job_id: str, state: JobState, result: object
+) -> None:
+    write_record(client, job_id)
+    write_meta(client, job_id, state, result)
+
+    assert jobs_over(client, [job_id]) == set()
+    client.delete(record_key(job_id))  # expired
     assert jobs_over(client, [job_id]) == {job_id}
 
 

@@ -465,7 +465,7 @@ def test_jobs_list_pages_past_a_hundred(web: WebServer) -> None:
     "args",
     [["list", "--limit", "0"], ["list", "--state", "LOST"], ["list", "--kind", "FAX"],
      ["wait", UNKNOWN_ID, "--timeout", "61"], ["wait", UNKNOWN_ID, "--timeout", "0"],
-     ["cancel"], ["wait"]],
+     ["cancel"], ["wait"], ["retry"]],
 )  # fmt: skip
 def test_jobs_commands_with_bad_arguments_exit_2(web: WebServer, args: list[str]) -> None:
     done = jobql("jobs", *args, *server(web, "cli-backend"))
@@ -508,6 +508,50 @@ def test_jobs_cancel_of_a_finished_unknown_or_someone_elses_job_exits_1(web: Web
         json.loads(jobql("jobs", "get", queued, *server(web, "cli-cancel")).stdout)["state"]
         == "PENDING"
     )
+
+
+def test_jobs_retry_queues_a_cancelled_job_again_and_waits_for_it(
+    web: WebServer, smtp_server: SmtpServer
+) -> None:
+    address = unique_email()
+    document = (
+        'mutation($email: String!) { sendWelcomeEmail(email: $email, username: "Ann", '
+        "delaySeconds: 600) { id } }"
+    )
+    answer = httpx.post(
+        web.http_url,
+        json={"query": document, "variables": {"email": address}},
+        headers={"Authorization": f"Bearer {token('cli-retry', SCOPE_SEND_EMAIL)}"},
+    )
+    job_id = str(answer.json()["data"]["sendWelcomeEmail"]["id"])
+    assert jobql("jobs", "cancel", job_id, *server(web, "cli-retry")).returncode == 0
+
+    done = jobql("jobs", "retry", job_id, "--wait", *server(web, "cli-retry"))
+
+    assert done.returncode == 0, done.stderr
+    no_traceback(done)
+    lines = job_lines(done.stdout)
+    retry_id = lines[0][0]
+    assert lines == [(retry_id, "PENDING"), (retry_id, "SUCCESS")], done.stdout
+    assert retry_id != job_id
+    assert len(smtp_server.handler.to(address)) == 1
+    retry = json.loads(jobql("jobs", "get", retry_id, *server(web, "cli-retry")).stdout)
+    assert retry["state"] == "SUCCESS"
+
+
+def test_jobs_retry_of_what_cannot_be_retried_exits_1_or_2(web: WebServer) -> None:
+    queued = delayed_email(web, "cli-retry")
+    for user, wanted in (("cli-retry", UNKNOWN_ID), ("cli-mallory", queued)):
+        missing = jobql("jobs", "retry", wanted, *server(web, user))
+        assert missing.returncode == 1, missing.stderr
+        assert wanted in missing.stderr
+        no_traceback(missing)
+
+    running = jobql("jobs", "retry", queued, *server(web, "cli-retry"))
+
+    assert running.returncode == 2, running.stderr
+    assert "BAD_USER_INPUT" in running.stderr and "has not ended" in running.stderr
+    no_traceback(running)
 
 
 def test_jobs_wait_prints_the_end_and_exits_as_wait_does(

@@ -136,12 +136,15 @@ def make(ctx: TaskContext, payload: AvatarPayload) -> AvatarResult:
     """Make the avatar; a redelivery whose upload is gone finds what an earlier one made.
 
     An avatar the media store cannot take (full, read-only, gone) is tried again later
-    (`JOBQL_STORAGE_MAX_RETRIES`, `JOBQL_STORAGE_RETRY_BACKOFF`), its upload kept for it.
+    (`JOBQL_STORAGE_MAX_RETRIES`, `JOBQL_STORAGE_RETRY_BACKOFF`). The upload is removed
+    once the avatar is made or the photo found unusable; after any other end (cancelled,
+    out of time, out of retries) it is kept for `retryJob`, and the sweep removes it once
+    the job has expired.
     """
     files = ctx.files
     assert files is not None, "the kind declares a file area"
     name = f"{ctx.job_id}.{payload.image_format.extension}"
-    keep_upload = False
+    keep_upload = True
     try:
         try:
             upload = ctx.storage.open_upload(payload.incoming_name)
@@ -159,10 +162,11 @@ def make(ctx: TaskContext, payload: AvatarPayload) -> AvatarResult:
                     max_decoded_bytes=ctx.settings.max_decoded_image_bytes,
                     progress=lambda percent: _step(ctx, percent),
                 )
+        keep_upload = False
     except InvalidImage as exc:
+        keep_upload = False
         raise JobFailed("INVALID_IMAGE", str(exc), retryable=False) from None
     except StorageUnavailable as exc:
-        keep_upload = True
         raise RetryLater("STORAGE_UNAVAILABLE", f"The avatar could not be stored ({exc})") from exc
     finally:
         if not keep_upload:

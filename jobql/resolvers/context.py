@@ -157,9 +157,10 @@ class Context(BaseContext):
         delay: timedelta | None,
         dedupe: Dedupe | None,
         idempotency: tuple[str, str] | None = None,
+        retry_of: str | None = None,
     ) -> JobSnapshot | None:
         """The queued job; with `dedupe`, the caller's earlier job, or None if the earlier
-        job is someone else's."""
+        job is someone else's (or has expired). `retry_of`: the job this one retries."""
         user_id = self.principal().user_id
         callback_url = requested_callback_url.get()
         if callback_url is not None:
@@ -186,6 +187,7 @@ class Context(BaseContext):
                     dedupe=dedupe,
                     idempotency=stored,
                     callback_url=callback_url,
+                    retry_of=retry_of,
                 )
             except AlreadyQueued as earlier:
                 return await self.store.get(earlier.job_id, owner=user_id)

@@ -41,6 +41,9 @@ def root_types(kinds: Kinds) -> tuple[type, type, type]:
     mutation_fields["cancel_job"] = strawberry.mutation(
         resolver=mutation.cancel_job, graphql_type=job | None
     )
+    mutation_fields["retry_job"] = strawberry.mutation(
+        resolver=mutation.retry_job, graphql_type=job
+    )
     subscription_fields: dict[str, Any] = {
         "job": strawberry.subscription(resolver=subscription.job, graphql_type=job),
         **listing_subscriptions,

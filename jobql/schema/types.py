@@ -77,6 +77,9 @@ def job_type(kinds: "Kinds") -> type:
         expires_at: datetime = strawberry.field(
             description="When the job and its result are forgotten."
         )
+        retry_of: strawberry.ID | None = strawberry.field(
+            description="The job this one retries, if any."
+        )
         result = strawberry.field(
             resolver=load_result,
             graphql_type=Optional[job_result],  # noqa: UP045

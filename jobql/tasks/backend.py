@@ -35,6 +35,8 @@ from jobql.jobs import (
     TELL_OWNER,
     JobFailed,
     JobState,
+    inputs_key,
+    job_error,
     messages_key,
     missing_key,
     pending_key,
@@ -85,14 +87,17 @@ end
 )
 assert RECORD_FIELDS[0] == "owner", "tell_owner reads the owner first"
 
-# KEYS: the meta, the stats hash, the job record. ARGV: the meta, its expiry in seconds
-# (0: none), '1' if it ends the job, how many record fields follow, those field and value
-# pairs (set whether or not the meta is, if the record is still there), then field and
-# amount pairs to add to the stats if the meta was stored.
+# KEYS: the meta, the stats hash, the job record, what the job was given. ARGV: the meta,
+# its expiry in seconds (0: none), how it ends the job ('0' not at all, '1' in a way that
+# `retryJob` may retry, '2' for good: what the job was given is dropped with it), how
+# many record fields follow, those field and value pairs (set whether or not the meta
+# is, if the record is still there), then field and amount pairs to add to the stats if
+# the meta was stored.
 STORE_STATE = (
     _STORE
     + """
-local stored = store(KEYS[1], ARGV[1], ARGV[2], KEYS[3], ARGV[3] == '1')
+local stored = store(KEYS[1], ARGV[1], ARGV[2], KEYS[3], ARGV[3] ~= '0')
+if stored == 1 and ARGV[3] == '2' then redis.call('DEL', KEYS[4]) end
 local last_field = 4 + 2 * tonumber(ARGV[4])
 if last_field > 4 and redis.call('EXISTS', KEYS[3]) == 1 then
     for i = 5, last_field, 2 do
@@ -108,14 +113,14 @@ return stored
 """
 )
 
-# KEYS: the job record, its queue's pending set, the meta, its queue's message copies and
-# missing marks. ARGV: the start time, this try's deliveries field, the record's expiry,
-# the job id, the meta before and after its attempt number, the meta's expiry, the
-# record's checkpoint field, its cancelled field, a REVOKED meta, and the time the record
-# now expires. Returns the attempt number, the checkpoint an earlier delivery saved ('' if
-# none) and the owner; an attempt number of 0 for a job its owner cancelled, which ends
-# REVOKED here if it had not yet (a running job's redelivery). The record's `attempts`
-# counts deliveries over all tries.
+# KEYS: the job record, its queue's pending set, the meta, its queue's message copies and missing
+# marks, what the job was given (kept as long as the record). ARGV: the start time, this try's
+# deliveries field, the record's expiry, the job id, the meta before and after its attempt number,
+# the meta's expiry, the record's checkpoint field, its cancelled field, a REVOKED meta, and the
+# time the record now expires. Returns the attempt number, the checkpoint an earlier delivery saved
+# ('' if none) and the owner; an attempt number of 0 for a job its owner cancelled, which ends
+# REVOKED here if it had not yet (a running job's redelivery). The record's `attempts` counts
+# deliveries over all tries.
 START = (
     _STORE
     + """
@@ -131,6 +136,7 @@ local attempt = redis.call('HINCRBY', KEYS[1], ARGV[2], 1)
 redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 keep_callback(KEYS[1], ARGV[3])
+redis.call('EXPIRE', KEYS[6], ARGV[3])
 redis.call('HSET', KEYS[1], 'expires_at', ARGV[11])
 -- A worker holds the message now: recovery's copy of it is not needed.
 redis.call('ZREM', KEYS[2], ARGV[4])
@@ -185,7 +191,7 @@ class JobResultBackend(RedisBackend):
         before, mark, after = self._encode_text(meta).partition(json.dumps(ATTEMPT_MARK))
         assert mark, "the STARTED meta lost its attempt mark"
         keys = [record_key(task_id), pending_key(queue), self.get_key_for_task(task_id)]
-        keys += [messages_key(queue), missing_key(queue)]
+        keys += [messages_key(queue), missing_key(queue), inputs_key(task_id)]
         argv = [started_at, deliveries_field, int(self.expires or 0), task_id, before, after]
         expires_at = datetime.fromisoformat(started_at) + timedelta(seconds=self.expires or 0)
         argv += [int(self.expires or 0), CHECKPOINT, CANCELLED_FIELD]
@@ -235,13 +241,14 @@ class JobResultBackend(RedisBackend):
         if len(value) > self._MAX_STR_VALUE_SIZE:
             message = "value too large for Redis backend"
             raise BackendStoreError(message, state=meta["status"], task_id=task_id)  # type: ignore[call-arg]
-        ends = "1" if meta["status"] in states.READY_STATES else "0"
+        ends = _how_it_ends(meta)
         argv: list[str | int | float] = [value, int(expires or 0), ends, len(fields)]
         for field, text in fields.items():
             argv += [field, text]
         for field, amount in stats.items():
             argv += [field, amount]
         keys = [self.get_key_for_task(task_id), STATS_KEY, record_key(task_id)]
+        keys += [inputs_key(task_id)]
         self.ensure(self._store_state, (keys, argv))
 
     def _encode_text(self, meta: dict[str, Any]) -> str:
@@ -265,6 +272,15 @@ class JobResultBackend(RedisBackend):
             # Orders a job's state writes across its tries.
             "retries": int(getattr(request, "retries", None) or 0),
         }
+
+
+def _how_it_ends(meta: dict[str, Any]) -> str:
+    """STORE_STATE's ARGV[3] for a meta: '0' if it does not end the job, '1' if it ends it
+    in a way `retryJob` may retry (what the job was given is kept), '2' if for good."""
+    if meta["status"] not in states.READY_STATES:
+        return "0"
+    error = job_error(JobState(meta["status"]), meta["result"])
+    return "1" if error is not None and error.retryable else "2"
 
 
 def _readable_part(result: Any) -> Any:

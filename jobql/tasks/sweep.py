@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, assert_never
 
-from jobql.jobs import TERMINAL_STATES, JobState, load_meta, meta_key, record_key
+from jobql.jobs import TERMINAL_STATES, JobState, job_error, load_meta, meta_key, record_key
 from jobql.storage import LeftoverKind
 
 if TYPE_CHECKING:
@@ -75,7 +75,9 @@ def _removable(
 
 
 def jobs_over(client: Redis, job_ids: list[str]) -> set[str]:
-    """Those of `job_ids` with no record (expired or never written) or a terminal state."""
+    """Those of `job_ids` that no longer need their upload: with no record (expired or never
+    written), or ended for good (SUCCESS, or a FAILURE that is not retryable). A job that
+    `retryJob` may retry keeps its upload until it expires."""
     with client.pipeline(transaction=False) as pipe:
         for job_id in job_ids:
             pipe.exists(record_key(job_id))
@@ -84,7 +86,7 @@ def jobs_over(client: Redis, job_ids: list[str]) -> set[str]:
     return {
         job_id
         for job_id, exists, raw_meta in zip(job_ids, replies[::2], replies[1::2], strict=True)
-        if not exists or _terminal(raw_meta)
+        if not exists or _ended_for_good(raw_meta)
     }
 
 
@@ -97,9 +99,15 @@ def jobs_exist(client: Redis, job_ids: list[str]) -> set[str]:
     return {job_id for job_id, exists in zip(job_ids, found, strict=True) if exists}
 
 
-def _terminal(raw_meta: bytes | None) -> bool:
+def _ended_for_good(raw_meta: bytes | None) -> bool:
     try:
         meta = load_meta(raw_meta)
-        return meta is not None and JobState(meta["status"]) in TERMINAL_STATES
+        if meta is None:
+            return False
+        state = JobState(meta["status"])
     except (ValueError, KeyError):
         return False  # a state jobql cannot read: keep the file rather than guess
+    if state not in TERMINAL_STATES:
+        return False
+    error = job_error(state, meta.get("result"))
+    return error is None or not error.retryable

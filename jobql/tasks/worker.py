@@ -82,8 +82,8 @@ class JobTask(Task):  # type: ignore[type-arg]
             pid=os.getpid(),
         )
         if delivery.attempt == 0:
-            # Cancelled before any worker held it: drop the message, run nothing.
-            self.drop_upload()
+            # Cancelled before any worker held it: drop the message, run nothing (its
+            # upload is kept, for `retryJob`, until the job expires).
             raise Ignore
         self.request.attempt = delivery.attempt  # type: ignore[attr-defined]
         self.request.checkpoint = delivery.checkpoint  # type: ignore[attr-defined]
@@ -119,8 +119,8 @@ class JobTask(Task):  # type: ignore[type-arg]
             raise JobCancelled
 
     def drop_upload(self) -> None:
-        """Remove what the job was given when its body will not run to remove it: an
-        upload is named after the job it was queued for."""
+        """Remove what the job was given when its body will not run to remove it and no
+        retry can use it: an upload is named after the job it was queued for."""
         self.deps.storage.remove_upload(upload_name(str(self.request.id)))
 
     def refuse_poison(self) -> None:
@@ -186,14 +186,12 @@ def run_job(self: JobTask, **kwargs: Any) -> dict[str, Any]:
     try:
         result = self.kind.run(self.context(), payload)
     except RetryLater as later:
+        # Once no retry is left, the job ends retryable: its upload stays for `retryJob`.
         retry_or_end = self.retry_later(later)
-        if isinstance(retry_or_end, JobFailed):  # no retry left: nothing will use the upload
-            self.drop_upload()
         # Not chained: the retry's traceback goes into the `task-retried` or `task-failed`
         # event, and the causes' text may quote the payload (smtplib's names the recipient).
         raise retry_or_end from None
     except JobCancelled:
-        self.drop_upload()
         cast("JobResultBackend", self.backend).mark_cancelled(str(self.request.id))
         raise Ignore from None
     return self.kind.dump_result(result)
