@@ -16,6 +16,7 @@ library that only the worker has) inside the body.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import hmac
 import json
@@ -215,13 +216,19 @@ def _plain(value: object) -> object:
 
 def _from_fields(cls: type[P], data: dict[str, Any]) -> P:
     """`cls(**data)`, with each enum field's value made a member of its enum."""
-    hints = typing.get_type_hints(cls)
+    hints = _type_hints(cast("type", cls))
     values = {}
     for name, value in data.items():
         hint = hints.get(name)
         is_enum = isinstance(hint, type) and issubclass(hint, Enum)
         values[name] = hint(value) if is_enum and value is not None else value  # type: ignore[misc]
     return cls(**values)
+
+
+@functools.cache
+def _type_hints(cls: type) -> dict[str, Any]:
+    """A class's type hints, worked out once (each job's payload and result reads them)."""
+    return typing.get_type_hints(cls)
 
 
 def owner_jobs(ctx: TaskContext, batch: int = 200) -> Iterator[list[JobSnapshot]]:

@@ -92,13 +92,18 @@ class Mailer:
         self.messages_per_connection = messages_per_connection
         self._session = _Session()
         # HTML templates escape what they are given, text ones do not (as Flask's own).
+        # A template is read once per process: a worker is restarted to deploy new ones,
+        # and not checking the file's age saves its path's stat calls on every email.
         self._templates = Environment(
-            loader=FileSystemLoader("/"), autoescape=select_autoescape(["html", "htm", "xml"])
+            loader=FileSystemLoader("/"),
+            autoescape=select_autoescape(["html", "htm", "xml"]),
+            auto_reload=False,
         )
 
     def render(self, template: Path, **values: Any) -> str:
         """`template` (a file), rendered with `values`."""
-        return self._templates.get_template(str(template.resolve())).render(**values)
+        path = template if template.is_absolute() else template.resolve()
+        return self._templates.get_template(str(path)).render(**values)
 
     def send(
         self, email: Email, on_accepted: Callable[[str], None] = lambda message_id: None
