@@ -1,6 +1,6 @@
 // The job page (GET /): uploads a photo with the GraphQL multipart request spec, then
-// follows its job over the `job` subscription (graphql-transport-ws, through the
-// graphql-ws client's UMD build, global `graphqlWs`). It uses only the public API.
+// follows its job over the `job` subscription (graphql-transport-ws, through `jobqlSocket`
+// from graphql-socket.js). It uses only the public API.
 "use strict";
 
 (function () {
@@ -179,13 +179,7 @@
   // --- the job subscription (graphql-transport-ws) -------------------------
 
   function follow(thisRun, token, id) {
-    const url = new URL("/graphql", location.href);
-    url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
-    client = graphqlWs.createClient({
-      url: url.href,
-      connectionParams: { Authorization: `Bearer ${token}` },
-      retryAttempts: 3,
-    });
+    client = window.jobqlSocket(token);
     const ownClient = client;
     let last = "";
     ownClient.subscribe(

@@ -1,6 +1,6 @@
 // "Your jobs" on the job page (GET /): the caller's recent jobs from the `jobs` query,
-// kept live by the `jobs` subscription (graphql-transport-ws, through the graphql-ws
-// client's UMD build, global `graphqlWs`), with Cancel on jobs still running and Retry
+// kept live by the `jobs` subscription (graphql-transport-ws, through `jobqlSocket` from
+// graphql-socket.js), with Cancel on jobs still running and Retry
 // on jobs that failed (retryably) or were cancelled. It uses only the public API.
 "use strict";
 
@@ -161,13 +161,7 @@
   // --- loading and following ------------------------------------------------
 
   function subscribe(thisGeneration, token) {
-    const url = new URL("/graphql", location.href);
-    url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
-    feed = graphqlWs.createClient({
-      url: url.href,
-      connectionParams: { Authorization: `Bearer ${token}` },
-      retryAttempts: 3,
-    });
+    feed = window.jobqlSocket(token);
     const ownFeed = feed;
     ownFeed.subscribe(
       { query: FEED },
