@@ -89,6 +89,7 @@ class Watched:
     page_errors: list[str] = field(default_factory=list)
     console_errors: list[str] = field(default_factory=list)
     ws_sent: list[dict[str, Any]] = field(default_factory=list)
+    ws_received: list[str] = field(default_factory=list)
 
     def assert_clean(self) -> None:
         assert self.blocked == [], f"the page asked for something off this machine: {self.blocked}"
@@ -138,6 +139,7 @@ async def open_page(browser: Browser, *, width: int = 1280, height: int = 800) -
 
     def websocket(ws: WebSocket) -> None:
         ws.on("framesent", lambda payload: watched.ws_sent.append(json.loads(payload)))
+        ws.on("framereceived", lambda payload: watched.ws_received.append(str(payload)))
 
     await context.route("**/*", local_only)
     page.on("requestfailed", request_failed)
@@ -313,12 +315,12 @@ async def test_job_page_uploads_and_follows_the_job_to_the_avatar(
     assert uuid.UUID(job_id or "")
     history = await page.locator("#history li").all_text_contents()
     assert "SUCCESS" in history[-1] and len(history) >= 2, history
+    # "Your jobs" saw the new job and shows how it ended.
+    await expect(your_job(page, job_id or "")).to_contain_text("SUCCESS")
     # Two WebSockets: the job's subscription and "Your jobs"'s feed, each with the token.
     assert [frame.get("payload") for frame in watched.connection_inits()] == [
         {"Authorization": f"Bearer {bearer}"}
     ] * 2
-    # "Your jobs" saw the new job through its feed and shows how it ended.
-    await expect(your_job(page, job_id or "")).to_contain_text("SUCCESS")
     await page.evaluate("document.activeElement.blur()")
     await screenshot(page, "job-page.png", full_page=True)
 
@@ -362,6 +364,8 @@ async def test_your_jobs_lists_follows_cancels_and_retries(
     # A job made elsewhere appears, pushed by the `jobs` subscription.
     made_elsewhere = await queue_welcome_email(web, bearer)
     await expect(your_job(page, made_elsewhere)).to_contain_text("SUCCESS")
+    pushed = [frame for frame in watched.ws_received if made_elsewhere in frame]
+    assert any('"SUCCESS"' in frame for frame in pushed), pushed
 
     # Cancel ends the queued one REVOKED; Retry queues it again, and the retry runs.
     await your_job(page, later).get_by_role("button", name=f"Cancel job {later}").click()

@@ -6,7 +6,12 @@
 
 (function () {
   const SHOWN = 20;
-  const FIELDS = "id kind state progress done createdAt retryOf error { code message retryable }";
+  const FIELDS =
+    "id kind state progress done attempts createdAt retryOf error { code message retryable }";
+  // Within one delivery of a job, the order of its states (a retry's next delivery counts
+  // one more attempt).
+  const STATE_ORDER = { PENDING: 0, STARTED: 1, PROGRESS: 2, RETRY: 3 };
+  const LIST_AGAIN_MS = 300; // after the feed connects: its subscription is in place by then
   const LIST = `query YourJobs($first: Int!) { jobs(first: $first) { edges { node { ${FIELDS} } } } }`;
   const FEED = `subscription YourJobsFeed { jobs { ${FIELDS} } }`;
   const CANCEL = `mutation CancelJob($id: ID!) { cancelJob(id: $id) { ${FIELDS} } }`;
@@ -139,8 +144,28 @@
     statusText.textContent = jobs.size === 0 ? "No jobs yet: upload a photo." : "";
   }
 
+  // Where a snapshot of a job stands: one from the list, the feed or a mutation's answer
+  // may arrive after a newer one, and must not replace it.
+  function place(job) {
+    if (job.done) return [Infinity, 0, 0];
+    return [job.attempts, STATE_ORDER[job.state] ?? 0, job.progress ?? -1];
+  }
+
+  function isOlder(job, than) {
+    const [a, b] = [place(job), place(than)];
+    for (let i = 0; i < a.length; i += 1) {
+      if (a[i] !== b[i]) return a[i] < b[i];
+    }
+    return false;
+  }
+
+  function remember(job) {
+    const known = jobs.get(job.id);
+    if (!known || !isOlder(job, known)) jobs.set(job.id, job);
+  }
+
   function seen(job) {
-    jobs.set(job.id, job);
+    remember(job);
     render();
   }
 
@@ -161,7 +186,10 @@
   // --- loading and following ------------------------------------------------
 
   function subscribe(thisGeneration, token) {
-    feed = window.jobqlSocket(token);
+    // What changed between the page's first list and the feed's start is read again.
+    feed = window.jobqlSocket(token, {
+      connected: () => setTimeout(() => list(thisGeneration, token).catch(() => {}), LIST_AGAIN_MS),
+    });
     const ownFeed = feed;
     ownFeed.subscribe(
       { query: FEED },
@@ -188,6 +216,13 @@
     );
   }
 
+  async function list(thisGeneration, token) {
+    const data = await graphql(token, LIST, { first: SHOWN });
+    if (thisGeneration !== generation) return;
+    for (const { node } of data.jobs.edges) remember(node);
+    render();
+  }
+
   async function load() {
     generation += 1;
     const thisGeneration = generation;
@@ -202,16 +237,9 @@
       return;
     }
     statusText.textContent = "Loading…";
-    // The feed first: a change made while the page is read is not missed.
     if (window.graphqlWs) subscribe(thisGeneration, token);
     try {
-      const data = await graphql(token, LIST, { first: SHOWN });
-      if (thisGeneration !== generation) return;
-      for (const { node } of data.jobs.edges) {
-        // What the feed has said already is newer than the page.
-        if (!jobs.has(node.id)) jobs.set(node.id, node);
-      }
-      render();
+      await list(thisGeneration, token);
     } catch (error) {
       if (thisGeneration !== generation) return;
       statusText.textContent = "";
