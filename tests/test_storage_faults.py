@@ -321,8 +321,9 @@ async def test_an_avatar_the_worker_cannot_write_ends_storage_unavailable_after_
     assert (error["code"], error["retryable"]) == ("STORAGE_UNAVAILABLE", True), error
     avatars = [name for name in files_under(stack.settings) if name.startswith("avatars/")]
     assert avatars == []  # no avatar, and no half-written one
+    # The worker logs the failure just after it stores it: the client may hear first.
+    stack.workers[0].wait_for_log("STORAGE_UNAVAILABLE", timeout=10)
     worker_log = stack.workers[0].log
-    assert "STORAGE_UNAVAILABLE" in worker_log
     assert "Traceback" not in worker_log
     fault.fix(stack.settings, mount_point)
     # The job ended retryable: its upload is kept, for retryJob, until the job expires.
