@@ -9,10 +9,13 @@ them (pulls a cable) while it goes on:
    subscription saw.
 2. `batch2`, then `batch2_done`: heavy photos through web2; the test takes worker1's link
    down while it holds one of them; each job's end.
-3. `subscribed`, then `batch3_done`: heavy photos through web2, each followed by a `job`
-   subscription on web1; the test takes web1's link down; the client sees the error,
-   follows them again through web2 to their end.
-4. `avatars`: the avatar objects in the bucket.
+3. `batch3_ready`, then (once the test answers with a line on stdin) `subscribed`, then
+   `batch3_done`: heavy photos through web2, each followed by a `job` subscription on
+   web1; the test takes web1's link down; the client sees the error, follows them again
+   through web2 to their end. (The test holds the last worker still until web1 is cut off,
+   so that no job can end before.)
+4. `avatars`: the avatar objects in the bucket; then it waits for a line on stdin (or its
+   end) before it ends, so that the test can look at the host's files meanwhile.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ FEED = gql("subscription { jobs { id state progress } }")
 FOLLOW = gql("subscription($id: ID!) { job(id: $id) { id state progress } }")
 WAIT = (
     "query($id: ID!) { waitForJob(id: $id, timeoutSeconds: 60) "
-    "{ id state error { code } result { ... on AvatarResult { url width height } } } }"
+    "{ id state attempts error { code } result { ... on AvatarResult { url width height } } } }"
 )
 FOLLOWED_USERS_JOBS = 25  # of the 50, those of the user whose jobs web2's feed follows
 UPLOADS_AT_ONCE = 4  # jobql lets one user have 4 uploads open at once
@@ -181,6 +184,8 @@ async def worker_cut_off(config: dict[str, Any], http: httpx.AsyncClient, heavy:
 
 async def web_cut_off(config: dict[str, Any], http: httpx.AsyncClient, heavy: bytes) -> None:
     web1, web2, token = config["web1"], config["web2"], config["tokens"]["third"]
+    say("batch3_ready")
+    await asyncio.to_thread(sys.stdin.readline)  # the test is ready to cut web1 off
     started = time.monotonic()
     ids = [await upload(http, web2, token, heavy) for _ in range(config["batch3"])]
     before: dict[str, list[str]] = {job_id: [] for job_id in ids}
@@ -240,6 +245,7 @@ async def main(config: dict[str, Any]) -> None:
     )
     keys = [meta["path"] for batch in obstore.list(store, prefix="avatars/") for meta in batch]
     say("avatars", keys=keys)
+    await asyncio.to_thread(sys.stdin.readline)
 
 
 if __name__ == "__main__":

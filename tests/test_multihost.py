@@ -3,16 +3,20 @@ client, each a network namespace with files of its own (tests/netns.py). Only Re
 the S3 store connect them, by settings alone.
 
 The client (tests/netns_client.py) reports on stdout as it goes; the test pulls a cable
-at the moments it names, and checks what it saw.
+at the moments it names (and tells it on stdin when to go on), and checks what it saw.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import select
+import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -25,7 +29,6 @@ from tests.support import ROOT, settings_env
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
-    from pathlib import Path
 
 pytestmark = pytest.mark.slow
 
@@ -49,6 +52,15 @@ class HostProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """The process and its children stopped (SIGSTOP) for the block."""
+        os.killpg(self.popen.pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            os.killpg(self.popen.pid, signal.SIGCONT)
+
     def wait_for_log(self, text: str, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
         while text not in self.log:
@@ -66,7 +78,11 @@ class Client:
         self.log_path = log
         self._log = log.open("wb")
         argv = [sys.executable, "-m", "tests.netns_client", json.dumps(config)]
-        self.popen = host.start(argv, env, cwd=ROOT, stdout=subprocess.PIPE, stderr=self._log)
+        # Unbuffered: `select` sees what is left to read only when no buffer holds it.
+        self.popen = host.start(
+            argv, env, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
+            bufsize=0,
+        )  # fmt: skip
         self.deadline = time.monotonic() + CLIENT_SECONDS
 
     def next(self, event: str) -> dict[str, Any]:
@@ -80,6 +96,12 @@ class Client:
             said = json.loads(line)
             if said["event"] == event:
                 return dict(said)
+
+    def go_on(self) -> None:
+        """Let the client go on past a step it waits at."""
+        assert self.popen.stdin is not None
+        self.popen.stdin.write(b"go\n")
+        self.popen.stdin.flush()
 
     def stderr(self) -> str:
         self._log.flush()
@@ -122,15 +144,30 @@ def stop_store(net: Network) -> None:
     """SIGTERM first, so that SeaweedFS's sockets and data go with it."""
     for process in net.hosts["store"].processes:
         process.terminate()
-        process.wait(timeout=30)
+        # Not answering in time is left to the network's SIGKILL: no error here hides the test's.
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=30)
 
 
-def succeeded(worker: HostProcess) -> int:
-    return sum(
-        1
-        for line in worker.log.splitlines()
-        if "Task jobql.avatar[" in line and "] succeeded in " in line
-    )
+def private_dir_of(process: subprocess.Popen[bytes]) -> Path:
+    """A host's own directory, as a process running there sees it (`ip netns exec`, `unshare`
+    and `sh` exec one another: the process started is the host's program itself)."""
+    return Path(f"/proc/{process.pid}/root") / PRIVATE_DIR.relative_to("/")
+
+
+def ran_by(workers: dict[str, HostProcess], job_ids: list[str]) -> dict[str, list[str]]:
+    """The workers that logged each job as succeeded. A worker logs it just after it stores
+    the job's `SUCCESS`, so a job the client saw end may not be in the log yet: wait a little."""
+    deadline = time.monotonic() + 15
+    while True:
+        logs = {name: worker.log for name, worker in workers.items()}
+        ran = {
+            job_id: [name for name, log in logs.items() if f"[{job_id}] succeeded in " in log]
+            for job_id in job_ids
+        }
+        if all(ran.values()) or time.monotonic() > deadline:
+            return ran
+        time.sleep(0.1)
 
 
 def test_web_and_workers_on_separate_hosts_share_only_redis_and_s3(
@@ -219,13 +256,12 @@ def test_web_and_workers_on_separate_hosts_share_only_redis_and_s3(
                 abs(a - b) <= 12 for a, b in zip(avatar["center"], job["color"], strict=True)
             ), job
         for job in (job for job in jobs if job["followed"]):
-            states = job["feed"]
-            assert states[0] == "PENDING" and states[-1] == "SUCCESS", job
-            assert states.index("STARTED") < states.index("PROGRESS"), job
-            assert states.count("PROGRESS") == 3, job  # decoded, resized, written
+            # Every state change, once each, in order (three steps: decoded, resized, written).
+            assert job["feed"] == ["PENDING", "STARTED", *["PROGRESS"] * 3, "SUCCESS"], job
         assert sum(job["followed"] for job in jobs) == 25
-        ran_first = {name: succeeded(worker) for name, worker in workers.items()}
-        assert all(count > 0 for count in ran_first.values()), ran_first
+        ran_first = ran_by(workers, [job["id"] for job in jobs])
+        assert all(len(names) == 1 for names in ran_first.values()), ran_first
+        assert {names[0] for names in ran_first.values()} == set(workers), ran_first
 
         # 2. worker1's cable pulled while it holds a job: the batch ends on worker2.
         batch2 = client.next("batch2")["ids"]
@@ -241,20 +277,25 @@ def test_web_and_workers_on_separate_hosts_share_only_redis_and_s3(
             job_id for job_id in held if f"[{job_id}] succeeded" not in workers["worker1"].log
         ]
         assert unfinished, "worker1 had finished its job before its cable was pulled"
+        ran_second = ran_by(workers, batch2)
+        attempts = {job["id"]: job["attempts"] for job in done2["jobs"]}
         for job_id in unfinished:
-            assert f"[{job_id}] succeeded" in workers["worker2"].log
+            assert ran_second[job_id] == ["worker2"], ran_second
+            assert attempts[job_id] == 2, attempts  # worker1's delivery, then worker2's
 
         # 3. web1's cable pulled under its subscribers: they see an error, and follow their
-        # jobs to the end through web2.
-        client.next("subscribed")
-        hosts["web1"].link(up=False)
+        # jobs to the end through web2. worker1 is cut off and worker2 held still until web1
+        # is: no job can end before, so every subscriber on web1 is left waiting.
+        client.next("batch3_ready")
+        with workers["worker2"].paused():
+            client.go_on()
+            client.next("subscribed")
+            hosts["web1"].link(up=False)
         done3 = client.next("batch3_done")
         for job in done3["jobs"]:
-            ended_on_web1 = job["on_web1"][-1] in ("SUCCESS", "FAILURE", "REVOKED")
-            # Told that web1 went away, unless the job had ended before it did.
-            assert ended_on_web1 or job["error"] is not None, job
+            assert job["on_web1"] == ["PENDING"], job  # no worker could start it yet
+            assert job["error"] is not None, job  # told that web1 went away
             assert job["on_web2"][-1] == "SUCCESS", job
-        assert any(job["error"] for job in done3["jobs"]), done3
 
         # One avatar per job, whichever worker made it, and every worker's files its own.
         keys = client.next("avatars")["keys"]
@@ -263,14 +304,28 @@ def test_web_and_workers_on_separate_hosts_share_only_redis_and_s3(
         all_ids = [job["id"] for job in jobs] + batch2 + [job["id"] for job in done3["jobs"]]
         all_ids += probes
         assert sorted(keys) == sorted(f"avatars/{job_id}.jpg" for job_id in all_ids)
-        listed = {
-            name: hosts[name].run(["find", str(PRIVATE_DIR)]).stdout.split() for name in hosts
+        # Each host's directory is a file system of its own (SeaweedFS keeps its data in
+        # the store's), and no host kept a file of a job: uploads and avatars went to S3.
+        dirs = {name: private_dir_of(host.processes[0]) for name, host in hosts.items()}
+        devices = {name: path.stat().st_dev for name, path in dirs.items()}
+        assert len(set(devices.values())) == len(hosts), devices
+        found = {
+            name: [str(f.relative_to(path)) for f in path.rglob("*")] for name, path in dirs.items()
         }
-        assert not any(job_id in "".join(found) for found in listed.values() for job_id in all_ids)
+        assert found["store"], found
+        assert not [
+            (name, f)
+            for name, files in found.items()
+            for f in files
+            if any(job_id in f for job_id in all_ids)
+        ]
+        client.go_on()  # it waited for this look at its files
         assert client.popen.wait(timeout=30) == 0, client.stderr()
 
-        ran = {name: succeeded(worker) for name, worker in workers.items()}
-        assert sum(ran.values()) == len(all_ids), ran
+        # Every job run to its end by exactly one worker.
+        ended_by = ran_by(workers, all_ids)
+        assert all(len(names) == 1 for names in ended_by.values()), ended_by
+        ran = {name: sum(names == [name] for names in ended_by.values()) for name in workers}
         table = [
             ("web1", f"{50} accepted", ""),
             ("web2", f"{BATCH2 + BATCH3 + len(probes)} accepted", f"{len(probes)} probe(s)"),
